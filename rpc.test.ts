@@ -1,0 +1,786 @@
+/**
+ * The executable spec of rpc.ts: every rule of the wire protocol, over real
+ * sockets on port 0. Runs under Node (`npm test`), Deno
+ * (`deno run -A npm:vitest run`) and Bun (`bun --bun vitest run`).
+ */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import jayson from "jayson";
+import { afterEach, describe, expect, test } from "vitest";
+import {
+  ERROR_CODES,
+  FUNCTIONS,
+  type Functions,
+  handleMessage,
+  rpcCall,
+  RpcError,
+  type RpcServer,
+  type ServerOptions,
+  startServer,
+} from "./rpc.ts";
+
+// ---------------------------------------------------------------------------
+// Helpers: servers and raw peers that are all closed after each test
+// ---------------------------------------------------------------------------
+
+const cleanups: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** A registry with extra methods that make the rules observable. */
+const TEST_FUNCTIONS: Functions = {
+  ...FUNCTIONS,
+  echo: (...params) => params,
+  count: (...params) => params.length,
+  nothing: () => undefined,
+  fail: () => {
+    throw new Error("it broke");
+  },
+  failLater: async () => {
+    await delay(1);
+    throw new Error("it broke later");
+  },
+  coded: () => {
+    throw new RpcError(-32001, "custom failure", { detail: 42 });
+  },
+  bigint: () => 10n,
+  cycle: () => {
+    const value: Record<string, unknown> = {};
+    value.self = value;
+    return value;
+  },
+  infinity: () => Infinity,
+  sleep: async (ms) => {
+    await delay(Number(ms));
+    return `slept ${ms}`;
+  },
+  forever: () => new Promise(() => {}),
+};
+
+async function start(options: ServerOptions = {}): Promise<RpcServer> {
+  const server = await startServer({ port: 0, functions: TEST_FUNCTIONS, closeGraceMs: 500, ...options });
+  cleanups.push(() => server.close());
+  return server;
+}
+
+/** Polls until `check` is true, or fails after `timeoutMs`. */
+async function waitFor(check: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await delay(5);
+  }
+}
+
+/** A raw TCP client: sends exact bytes and collects the reply lines. */
+interface Peer {
+  socket: Socket;
+  /** Every byte received so far, as text. */
+  received(): string;
+  /** Writes each chunk as its own TCP segment. */
+  send(...chunks: Array<string | Uint8Array>): Promise<void>;
+  /** Waits for `n` reply lines and parses them. */
+  replies(n: number): Promise<unknown[]>;
+  /** Resolves when the server has closed the connection. */
+  closed(): Promise<void>;
+}
+
+async function openPeer(port: number): Promise<Peer> {
+  const socket = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+  socket.on("error", () => {}); // a reset is something tests look for, not a crash
+  cleanups.push(() => socket.destroy());
+  await once(socket, "connect");
+  socket.setNoDelay(true);
+  let text = "";
+  let ended = false;
+  socket.setEncoding("utf8");
+  socket.on("data", (chunk: string) => (text += chunk));
+  socket.on("end", () => (ended = true));
+  socket.on("close", () => (ended = true));
+  const lines = () => text.split("\n").slice(0, -1);
+  return {
+    socket,
+    received: () => text,
+    async send(...chunks) {
+      for (const chunk of chunks) {
+        socket.write(chunk);
+        await delay(1);
+      }
+    },
+    async replies(n) {
+      await waitFor(() => lines().length >= n || ended, `${n} replies`);
+      expect(lines()).toHaveLength(n);
+      return lines().map((line) => JSON.parse(line));
+    },
+    closed: () => waitFor(() => ended, "the server to close the connection"),
+  };
+}
+
+/** Sends one message on a new connection and returns its single reply. */
+async function ask(port: number, message: string): Promise<unknown> {
+  const peer = await openPeer(port);
+  await peer.send(message);
+  const [reply] = await peer.replies(1);
+  return reply;
+}
+
+const errorReply = (code: number, id: unknown = null) => ({
+  jsonrpc: "2.0",
+  error: { code, message: expect.any(String) },
+  id,
+});
+
+// ---------------------------------------------------------------------------
+// The registry
+// ---------------------------------------------------------------------------
+
+describe("FUNCTIONS", () => {
+  test("add() adds two numbers", async () => {
+    const { port } = await start();
+    expect(await rpcCall("add", [10, 20], { port })).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
+  });
+
+  test("multiply() multiplies two numbers", async () => {
+    const { port } = await start();
+    expect(await rpcCall("multiply", [5, 6], { port })).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
+  });
+
+  test("an unknown method gets -32601 naming it", async () => {
+    const { port } = await start();
+    const reply = await rpcCall("divide", [10, 5], { port });
+    expect(reply).toEqual(errorReply(ERROR_CODES.METHOD_NOT_FOUND, 1));
+    expect(reply.error).toMatchObject({ message: 'method not found: "divide"' });
+  });
+
+  test.each([
+    [[1]],
+    [[1, 2, 3]],
+    [["a", "b"]],
+    [[1, null]],
+    [{ a: 1, b: 2 }],
+  ])("add() with params %j gets -32602 saying what came", async (params) => {
+    const { port } = await start();
+    const reply = await rpcCall("add", params, { port });
+    expect(reply).toEqual(errorReply(ERROR_CODES.INVALID_PARAMS, 1));
+    const args = Array.isArray(params) ? params : [params]; // an object is one argument
+    expect(reply.error).toMatchObject({ message: `add expects two finite numbers, got ${JSON.stringify(args)}` });
+  });
+
+  test("the registry can be extended", async () => {
+    const { port } = await start({ functions: { ...FUNCTIONS, subtract: (a, b) => Number(a) - Number(b) } });
+    expect(await rpcCall("subtract", [10, 4], { port })).toMatchObject({ result: 6 });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 1: framing
+// ---------------------------------------------------------------------------
+
+describe("rule 1: framing", () => {
+  test("a request with no newline is answered (the Python client sends none)", async () => {
+    const { port } = await start();
+    expect(await ask(port, '{"method":"add","params":[1,2]}')).toEqual({ jsonrpc: "2.0", result: 3, id: null });
+  });
+
+  test("a message split into one-byte chunks, inside multi-byte characters too, is answered", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    const bytes = new TextEncoder().encode('{"jsonrpc":"2.0","method":"echo","params":["héllo €😀 \\"}"],"id":1}');
+    await peer.send(...Array.from(bytes, (byte) => Uint8Array.of(byte)));
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: ['héllo €😀 "}'], id: 1 }]);
+  });
+
+  test("several messages in one chunk each get a reply", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send(
+      '{"jsonrpc":"2.0","method":"add","params":[1,1],"id":1}{"jsonrpc":"2.0","method":"add","params":[2,2],"id":2}\n' +
+        ' \t\r\n[{"jsonrpc":"2.0","method":"add","params":[3,3],"id":3}]',
+    );
+    expect(await peer.replies(3)).toEqual([
+      { jsonrpc: "2.0", result: 2, id: 1 },
+      { jsonrpc: "2.0", result: 4, id: 2 },
+      [{ jsonrpc: "2.0", result: 6, id: 3 }],
+    ]);
+  });
+
+  test("each reply is one line of JSON ending in a newline", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send('{"jsonrpc":"2.0","method":"echo","params":["a\\nb"],"id":1}');
+    await peer.replies(1);
+    expect(peer.received()).toBe('{"jsonrpc":"2.0","result":["a\\nb"],"id":1}\n');
+  });
+
+  test("a client may send many requests without waiting for replies", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    const requests = Array.from(
+      { length: 200 },
+      (_, i) => JSON.stringify({ jsonrpc: "2.0", method: "add", params: [i, 1], id: i }),
+    );
+    await peer.send(requests.join("\n"));
+    const replies = (await peer.replies(200)) as Array<{ result: number; id: number }>;
+    expect(replies.map((reply) => reply.result - reply.id)).toEqual(Array(200).fill(1));
+  });
+
+  test("input that does not start with { or [ gets -32700 and the connection is closed", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send("hello\n");
+    expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR)]);
+    await peer.closed();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 2: JSON-RPC 2.0 semantics
+// ---------------------------------------------------------------------------
+
+describe("rule 2: JSON-RPC 2.0 semantics", () => {
+  test.each([
+    ["a number", 7],
+    ["a string", "abc"],
+    ["null", null],
+    ["a fraction", 1.5],
+  ])("the id is echoed when it is %s", async (_, id) => {
+    const { port } = await start();
+    expect(await ask(port, JSON.stringify({ jsonrpc: "2.0", method: "add", params: [1, 2], id }))).toEqual({
+      jsonrpc: "2.0",
+      result: 3,
+      id,
+    });
+  });
+
+  test.each([
+    ["broken JSON", '{"jsonrpc":"2.0","method":}'],
+    ["a trailing comma", '{"jsonrpc":"2.0","method":"add",}'],
+    ["invalid UTF-8", new Uint8Array([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x3a, 0x31, 0x7d])],
+  ])("%s gets -32700 with id null, and the connection stays open", async (_, message) => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send(message, '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":2}');
+    expect(await peer.replies(2)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR), { jsonrpc: "2.0", result: 3, id: 2 }]);
+  });
+
+  test.each([
+    ["an object id", '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":{}}', null],
+    ["an array id", '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":[1]}', null],
+    ["a boolean id", '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":true}', null],
+    ["no method", '{"jsonrpc":"2.0","id":1}', 1],
+    ["a numeric method", '{"jsonrpc":"2.0","method":1,"id":1}', 1],
+    ['jsonrpc "1.0"', '{"jsonrpc":"1.0","method":"add","params":[1,2],"id":1}', 1],
+    ["a numeric jsonrpc", '{"jsonrpc":2,"method":"add","params":[1,2],"id":1}', 1],
+    ["a bare number", "[1]", null],
+  ])("a request with %s gets -32600", async (_, message, id) => {
+    const { port } = await start();
+    const reply = await ask(port, message);
+    const expected = errorReply(ERROR_CODES.INVALID_REQUEST, id);
+    expect(reply).toEqual(message.startsWith("[") ? [expected] : expected);
+  });
+
+  test("a notification gets no reply, and runs", async () => {
+    const calls: unknown[] = [];
+    const { port } = await start({ functions: { ...TEST_FUNCTIONS, record: (x) => calls.push(x) } });
+    const peer = await openPeer(port);
+    await peer.send(
+      '{"jsonrpc":"2.0","method":"record","params":["hi"]}{"jsonrpc":"2.0","method":"add","params":[1,2],"id":9}',
+    );
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 9 }]);
+    expect(calls).toEqual(["hi"]);
+  });
+
+  test("a notification of an unknown or failing method gets no reply", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send(
+      '{"jsonrpc":"2.0","method":"nope"}{"jsonrpc":"2.0","method":"fail"}{"jsonrpc":"2.0","method":"add","params":[1,2],"id":9}',
+    );
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 9 }]);
+  });
+
+  test("an invalid notification still gets -32600", async () => {
+    const { port } = await start();
+    expect(await ask(port, '{"jsonrpc":"2.0","method":42}')).toEqual(errorReply(ERROR_CODES.INVALID_REQUEST));
+  });
+
+  test("a batch gets an array of replies, one per request that is not a notification", async () => {
+    const { port } = await start();
+    const reply = await ask(
+      port,
+      '[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1},{"jsonrpc":"2.0","method":"add","params":[3]},' +
+        '{"jsonrpc":"2.0","method":"nope","id":"x"},1,{"jsonrpc":"2.0","method":"multiply","params":[2,3],"id":2}]',
+    );
+    expect(reply).toEqual([
+      { jsonrpc: "2.0", result: 3, id: 1 },
+      errorReply(ERROR_CODES.METHOD_NOT_FOUND, "x"),
+      errorReply(ERROR_CODES.INVALID_REQUEST),
+      { jsonrpc: "2.0", result: 6, id: 2 },
+    ]);
+  });
+
+  test("an empty batch gets one -32600 object, not an array", async () => {
+    const { port } = await start();
+    expect(await ask(port, "[]")).toEqual(errorReply(ERROR_CODES.INVALID_REQUEST));
+  });
+
+  test("a batch of only notifications gets nothing", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send(
+      '[{"jsonrpc":"2.0","method":"add","params":[1,2]}]{"jsonrpc":"2.0","method":"add","params":[1,2],"id":3}',
+    );
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 3 }]);
+  });
+
+  test("a batch of one still gets an array", async () => {
+    const { port } = await start();
+    expect(await ask(port, '[{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}]')).toEqual([
+      { jsonrpc: "2.0", result: 3, id: 1 },
+    ]);
+  });
+
+  test("handleMessage() answers without any socket", async () => {
+    expect(await handleMessage({ jsonrpc: "2.0", method: "add", params: [1, 2], id: 7 })).toEqual({
+      jsonrpc: "2.0",
+      result: 3,
+      id: 7,
+    });
+    expect(await handleMessage({ jsonrpc: "2.0", method: "add", params: [1, 2] })).toBeUndefined();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 3: the Python lab's requests
+// ---------------------------------------------------------------------------
+
+describe("rule 3: requests without jsonrpc", () => {
+  test("a request without jsonrpc or id is answered, never taken as a notification", async () => {
+    const { port } = await start();
+    expect(await ask(port, '{"method":"multiply","params":[5,6]}')).toEqual({ jsonrpc: "2.0", result: 30, id: null });
+  });
+
+  test("a request without jsonrpc keeps its id", async () => {
+    const { port } = await start();
+    expect(await ask(port, '{"method":"add","params":[1,2],"id":"a"}')).toEqual({ jsonrpc: "2.0", result: 3, id: "a" });
+  });
+
+  test("its errors have the JSON-RPC 2.0 shape", async () => {
+    const { port } = await start();
+    expect(await ask(port, '{"method":"divide","params":[10,5]}')).toEqual(errorReply(ERROR_CODES.METHOD_NOT_FOUND));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 4: only the registry's own entries
+// ---------------------------------------------------------------------------
+
+describe("rule 4: method lookup", () => {
+  test.each(["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf", "__defineGetter__", "isPrototypeOf"])(
+    "%s gets -32601",
+    async (method) => {
+      const { port } = await start();
+      expect(await ask(port, JSON.stringify({ jsonrpc: "2.0", method, params: [], id: 1 }))).toEqual(
+        errorReply(ERROR_CODES.METHOD_NOT_FOUND, 1),
+      );
+    },
+  );
+});
+
+// ---------------------------------------------------------------------------
+// Rule 5: params
+// ---------------------------------------------------------------------------
+
+describe("rule 5: params", () => {
+  test("an array is passed as positional arguments", async () => {
+    const { port } = await start();
+    expect(await rpcCall("echo", [1, "two", [3]], { port })).toMatchObject({ result: [1, "two", [3]] });
+  });
+
+  test("an object is passed as one argument", async () => {
+    const { port } = await start();
+    expect(await rpcCall("echo", { a: 1, b: 2 }, { port })).toMatchObject({ result: [{ a: 1, b: 2 }] });
+  });
+
+  test("no params means no arguments", async () => {
+    const { port } = await start();
+    expect(await rpcCall("count", undefined, { port })).toMatchObject({ result: 0 });
+  });
+
+  test.each([['"1,2"'], ["12"], ["true"], ["null"]])("params %s gets -32600", async (params) => {
+    const { port } = await start();
+    expect(await ask(port, `{"jsonrpc":"2.0","method":"count","params":${params},"id":1}`)).toEqual(
+      errorReply(ERROR_CODES.INVALID_REQUEST, 1),
+    );
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 6: handler failures and results JSON cannot carry
+// ---------------------------------------------------------------------------
+
+describe("rule 6: handler errors", () => {
+  test.each([
+    ["throws", "fail", "it broke"],
+    ["rejects", "failLater", "it broke later"],
+  ])("a handler that %s gives -32603 with its message and no stack", async (_, method, message) => {
+    const { port } = await start();
+    const reply = await rpcCall(method, [], { port });
+    expect(reply).toEqual({ jsonrpc: "2.0", error: { code: ERROR_CODES.INTERNAL_ERROR, message }, id: 1 });
+  });
+
+  test("an error that carries a JSON-RPC code keeps it, and its data", async () => {
+    const { port } = await start();
+    expect(await rpcCall("coded", [], { port })).toEqual({
+      jsonrpc: "2.0",
+      error: { code: -32001, message: "custom failure", data: { detail: 42 } },
+      id: 1,
+    });
+  });
+
+  test.each(["bigint", "cycle", "infinity"])("a result JSON cannot carry (%s) gives -32603", async (method) => {
+    const { port } = await start();
+    expect(await rpcCall(method, [], { port })).toEqual(errorReply(ERROR_CODES.INTERNAL_ERROR, 1));
+    expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 }); // still serving
+  });
+
+  test("undefined becomes null", async () => {
+    const { port } = await start();
+    expect(await rpcCall("nothing", [], { port })).toEqual({ jsonrpc: "2.0", result: null, id: 1 });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 7: limits
+// ---------------------------------------------------------------------------
+
+describe("rule 7: limits", () => {
+  test("a message over maxMessageBytes gets one error with id null, and the connection closes", async () => {
+    const { port } = await start({ maxMessageBytes: 1000 });
+    const peer = await openPeer(port);
+    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(2000)}"],"id":1}`);
+    expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.INVALID_REQUEST)]);
+    peer.socket.end();
+    await peer.closed();
+  });
+
+  test("a message of exactly maxMessageBytes is accepted", async () => {
+    const { port } = await start({ maxMessageBytes: 1000 });
+    const head = '{"jsonrpc":"2.0","method":"count","params":["';
+    const tail = '"],"id":1}';
+    const message = head + "x".repeat(1000 - head.length - tail.length) + tail;
+    expect(await ask(port, message)).toEqual({ jsonrpc: "2.0", result: 1, id: 1 });
+  });
+
+  test("a batch of 1,000 requests gets 1,000 replies", async () => {
+    const { port } = await start();
+    const batch = Array.from({ length: 1000 }, (_, id) => ({ jsonrpc: "2.0", method: "add", params: [id, id], id }));
+    const reply = (await ask(port, JSON.stringify(batch))) as unknown[];
+    expect(reply).toHaveLength(1000);
+    expect(reply[999]).toEqual({ jsonrpc: "2.0", result: 1998, id: 999 });
+  });
+
+  test("a batch longer than maxBatchLength gets one -32600", async () => {
+    const { port } = await start({ maxBatchLength: 10 });
+    const batch = Array.from({ length: 11 }, (_, id) => ({ jsonrpc: "2.0", method: "add", params: [1, 1], id }));
+    expect(await ask(port, JSON.stringify(batch))).toEqual(errorReply(ERROR_CODES.INVALID_REQUEST));
+  });
+
+  test.each([
+    ["arrays", "[".repeat(100_000) + "]".repeat(100_000)],
+    ["objects", '{"a":'.repeat(100_000) + "1" + "}".repeat(100_000)],
+    ["params", '{"method":"echo","params":' + "[".repeat(100_000) + "]".repeat(100_000) + "}"],
+  ])("deeply nested %s get a reply, and the server keeps serving", async (_, message) => {
+    const { port } = await start();
+    const reply = await ask(port, message);
+    expect(JSON.stringify(reply)).toMatch(/"jsonrpc":"2.0"/);
+    expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 8: half-close
+// ---------------------------------------------------------------------------
+
+describe("rule 8: half-close", () => {
+  test("a client that shuts its write side after its request still gets the reply", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send('{"method":"add","params":[1,2]}');
+    peer.socket.end();
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: null }]);
+    await peer.closed();
+  });
+
+  test("a slow call still answers after the client has shut its write side", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send('{"jsonrpc":"2.0","method":"sleep","params":[50],"id":1}');
+    peer.socket.end();
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: "slept 50", id: 1 }]);
+    await peer.closed();
+  });
+
+  test("a connection that ends inside a message gets -32700", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send('{"method":"add","params":[1,');
+    peer.socket.end();
+    expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR)]);
+    await peer.closed();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 9: concurrency
+// ---------------------------------------------------------------------------
+
+describe("rule 9: concurrency", () => {
+  test("a slow call delays nobody on another connection", async () => {
+    const { port } = await start();
+    const slow = rpcCall("sleep", [500], { port });
+    const started = Date.now();
+    await rpcCall("add", [1, 2], { port });
+    expect(Date.now() - started).toBeLessThan(400);
+    expect(await slow).toMatchObject({ result: "slept 500" });
+  });
+
+  test("a slow call delays nobody on the same connection: replies come in completion order", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    await peer.send(
+      '{"jsonrpc":"2.0","method":"sleep","params":[300],"id":"slow"}{"jsonrpc":"2.0","method":"add","params":[1,2],"id":"fast"}',
+    );
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: "fast" }]);
+    expect(await peer.replies(2)).toContainEqual({ jsonrpc: "2.0", result: "slept 300", id: "slow" });
+  });
+
+  test("five 200 ms calls on five connections take about 200 ms, not 1,000", async () => {
+    const { port } = await start();
+    const started = Date.now();
+    await Promise.all(Array.from({ length: 5 }, () => rpcCall("sleep", [200], { port })));
+    expect(Date.now() - started).toBeLessThan(800);
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Rule 10: one socket's failure stays on that socket
+// ---------------------------------------------------------------------------
+
+describe("rule 10: isolation", () => {
+  test("a client that resets mid-request does not disturb another", async () => {
+    const { port } = await start();
+    const other = await openPeer(port);
+    const rude = await openPeer(port);
+    await rude.send('{"jsonrpc":"2.0","method":"add","par');
+    rude.socket.resetAndDestroy?.() ?? rude.socket.destroy();
+    await other.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
+    expect(await other.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
+  });
+
+  test("a reply to a client that has left is dropped, and the server keeps serving", async () => {
+    const { port } = await start();
+    const gone = await openPeer(port);
+    await gone.send('{"jsonrpc":"2.0","method":"sleep","params":[50],"id":1}');
+    gone.socket.destroy();
+    await delay(100);
+    expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 });
+  });
+
+  test("garbage on one connection does not disturb another", async () => {
+    const { port } = await start();
+    const other = await openPeer(port);
+    const rude = await openPeer(port);
+    await rude.send(Uint8Array.from({ length: 256 }, (_, i) => 255 - i));
+    await other.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
+    expect(await other.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
+    await rude.closed();
+  });
+});
+
+// ---------------------------------------------------------------------------
+// startServer() and rpcCall()
+// ---------------------------------------------------------------------------
+
+describe("startServer()", () => {
+  test("startServer() with port 0 resolves to the port the system picked", async () => {
+    const server = await start();
+    expect(server.port).toBeGreaterThan(0);
+  });
+
+  test("startServer() on a port in use rejects with an error naming the port", async () => {
+    const { port } = await start();
+    await expect(startServer({ port })).rejects.toThrow(`cannot listen on 127.0.0.1:${port}`);
+  });
+
+  test("startServer() logs each connection through `log`", async () => {
+    const lines: string[] = [];
+    const { port } = await start({ log: (line) => lines.push(line) });
+    await rpcCall("add", [1, 2], { port });
+    expect(lines[0]).toMatch(/^Client connected: 127\.0\.0\.1:\d+$/);
+  });
+
+  test("startServer() is silent by default", async () => {
+    const printed: unknown[] = [];
+    const original = console.log;
+    console.log = (...args: unknown[]) => printed.push(args);
+    try {
+      const { port } = await start();
+      await rpcCall("add", [1, 2], { port });
+      await ask(port, "garbage");
+    } finally {
+      console.log = original;
+    }
+    expect(printed).toEqual([]);
+  });
+});
+
+/** A TCP server that does whatever `onConnection` says, for testing the client. */
+async function fakeServer(onConnection: (socket: Socket) => void): Promise<number> {
+  const server: Server = createServer(onConnection);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  cleanups.push(() => new Promise((resolve) => server.close(resolve)));
+  const sockets = new Set<Socket>();
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("error", () => {});
+  });
+  cleanups.push(() => sockets.forEach((socket) => socket.destroy()));
+  const address = server.address();
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+describe("rpcCall()", () => {
+  test("rpcCall() to a closed port rejects naming the method, the address and the cause", async () => {
+    const closedPort = await freePort();
+    await expect(rpcCall("add", [1, 2], { port: closedPort })).rejects.toThrow(
+      new RegExp(`rpcCall add to 127\\.0\\.0\\.1:${closedPort} failed: .*ECONNREFUSED`),
+    );
+  });
+
+  test("rpcCall() rejects after timeoutMs when the server never answers, and closes its socket", async () => {
+    let clientClosed = false;
+    const port = await fakeServer((socket) => {
+      socket.resume(); // read and ignore the request
+      socket.on("close", () => (clientClosed = true));
+    });
+    await expect(rpcCall("add", [1, 2], { port, timeoutMs: 100 })).rejects.toThrow(
+      `rpcCall add to 127.0.0.1:${port} failed: no reply within 100 ms`,
+    );
+    await waitFor(() => clientClosed, "the client to close its socket");
+  });
+
+  test("rpcCall() rejects when the server closes before replying", async () => {
+    const port = await fakeServer((socket) => socket.end());
+    await expect(rpcCall("add", [1, 2], { port })).rejects.toThrow("closed the connection before replying");
+  });
+
+  test("rpcCall() rejects when the reply is not JSON", async () => {
+    const port = await fakeServer((socket) => socket.end("{not json}\n"));
+    await expect(rpcCall("add", [1, 2], { port })).rejects.toThrow("the reply is not JSON");
+  });
+
+  test("rpcCall() accepts a reply with no newline, no jsonrpc and no id (the Python server's)", async () => {
+    const port = await fakeServer((socket) => socket.once("data", () => socket.end('{"result": 30}')));
+    expect(await rpcCall("add", [10, 20], { port })).toEqual({ result: 30 });
+  });
+
+  test("rpcCall() sends a JSON-RPC 2.0 request ending in a newline", async () => {
+    let request = "";
+    const port = await fakeServer((socket) =>
+      socket.on("data", (chunk) => {
+        request += chunk;
+        socket.end('{"jsonrpc":"2.0","result":null,"id":1}\n');
+      })
+    );
+    await rpcCall("add", [1, 2], { port });
+    expect(request).toBe('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
+  });
+});
+
+// ---------------------------------------------------------------------------
+// Interop: peers nobody here wrote
+// ---------------------------------------------------------------------------
+
+const seedDir = fileURLToPath(new URL("../shared/seed/", import.meta.url));
+const hasPython = spawnSync("python3", ["--version"]).status === 0;
+const hasSeed = hasPython && existsSync(join(seedDir, "rpc_client.py"));
+
+/** Copies a seed script with only its port changed, into a temporary folder. */
+function seedWithPort(file: string, port: number): string {
+  const dir = mkdtempSync(join(tmpdir(), "rpc-seed-"));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, file);
+  writeFileSync(path, readFileSync(join(seedDir, file), "utf8").replaceAll("5000", String(port)));
+  return path;
+}
+
+describe.skipIf(!hasSeed)(`the Python lab (${hasSeed ? "found" : "SKIPPED: needs python3 and ../shared/seed"})`, () => {
+  test("the Python client, unchanged but for its port, gets its three answers", async () => {
+    const { port } = await start();
+    const child = spawn("python3", [seedWithPort("rpc_client.py", port)]);
+    let output = "";
+    child.stdout.on("data", (chunk) => (output += chunk));
+    const [code] = await once(child, "exit");
+    expect(code).toBe(0);
+    expect(output).toContain(
+      "{'jsonrpc': '2.0', 'result': 30, 'id': None}\n\nCalling multiply(5, 6)\n{'jsonrpc': '2.0', 'result': 30, 'id': None}",
+    );
+    expect(output).toContain("'code': -32601");
+  });
+
+  test("rpcCall() gets its answers from the Python server", async () => {
+    const port = await freePort();
+    const child: ChildProcess = spawn("python3", ["-u", seedWithPort("rpc_server.py", port)]);
+    cleanups.push(() => child.kill());
+    await waitFor(() => child.stdout?.read() !== null, "the Python server to start");
+    expect(await rpcCall("add", [10, 20], { port })).toEqual({ result: 30 });
+    expect(await rpcCall("divide", [10, 5], { port })).toEqual({ error: "Method not found" });
+  });
+});
+
+async function freePort(): Promise<number> {
+  const server = createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  if (address === null || typeof address === "string") throw new Error("no port");
+  return address.port;
+}
+
+describe("jayson, a JSON-RPC 2.0 library from npm", () => {
+  test("its TCP client calls our server", async () => {
+    const { port } = await start();
+    const client = jayson.client.tcp({ port, host: "127.0.0.1" });
+    const reply = await new Promise((resolve, reject) =>
+      client.request(
+        "add",
+        [10, 20],
+        (error: unknown, response: unknown) => (error ? reject(error) : resolve(response)),
+      )
+    );
+    expect(reply).toMatchObject({ jsonrpc: "2.0", result: 30 });
+  });
+
+  test("rpcCall() calls its TCP server", async () => {
+    const server = new jayson.Server({
+      add: (args: number[], done: (e: null, r: number) => void) => done(null, args[0] + args[1]),
+    });
+    const tcp = server.tcp();
+    tcp.listen(0, "127.0.0.1");
+    await once(tcp, "listening");
+    cleanups.push(() => new Promise((resolve) => tcp.close(resolve)));
+    const { port } = tcp.address() as { port: number };
+    expect(await rpcCall("add", [10, 20], { port })).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
+    expect(await rpcCall("divide", [10, 5], { port })).toMatchObject({ error: { code: ERROR_CODES.METHOD_NOT_FOUND } });
+  });
+});
