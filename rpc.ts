@@ -166,7 +166,7 @@ function describe(value: unknown): string {
     text = JSON.stringify(value) ?? String(value);
   } catch (error) {
     // A cycle, a BigInt, or nesting deeper than the stack: say so, never throw.
-    text = `(a ${typeof value} that cannot be shown: ${errorMessage(error)})`;
+    text = `(cannot show this ${typeof value}: ${errorMessage(error)})`;
   }
   return text.length > MAX_LENGTH ? `${text.slice(0, MAX_LENGTH)}...` : text;
 }
@@ -601,7 +601,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 
     /** Answers once, then stops reading: after this input the stream cannot be trusted. */
     function refuse(code: number, message: string): void {
-      log(`Client ${address} sent ${message}; closing`);
+      log(`Client ${address}: ${message}; closing`);
       send(errorResponse(null, code, message));
       reading = false;
       endIfDone();
@@ -629,8 +629,8 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
         reader.push(chunk);
       } catch (error) {
         // RangeError: too long; SyntaxError: not an object or array.
-        const code = error instanceof RangeError ? ERROR_CODES.INVALID_REQUEST : ERROR_CODES.PARSE_ERROR;
-        refuse(code, errorMessage(error));
+        if (error instanceof RangeError) refuse(ERROR_CODES.INVALID_REQUEST, errorMessage(error));
+        else refuse(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`);
       }
     });
     socket.on("drain", () => socket.resume());
