@@ -9,6 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "no
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import jayson from "jayson";
@@ -706,6 +707,117 @@ describe("rpcCall()", () => {
     expect(request).toBe('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
   });
 });
+
+// ---------------------------------------------------------------------------
+// Lifecycle and connection limits
+// ---------------------------------------------------------------------------
+
+describe("close() and connection limits", () => {
+  test("close() refuses new connections at once", async () => {
+    const server = await start();
+    const busy = await openPeer(server.port);
+    await busy.send('{"jsonrpc":"2.0","method":"sleep","params":[200],"id":1}');
+    const closing = server.close();
+    await expect(rpcCall("add", [1, 2], { port: server.port })).rejects.toThrow("ECONNREFUSED");
+    await closing;
+  });
+
+  test("close() lets a call in flight finish and answer, then resolves", async () => {
+    const server = await start();
+    const busy = await openPeer(server.port);
+    await busy.send('{"jsonrpc":"2.0","method":"sleep","params":[200],"id":1}');
+    await delay(20); // let the server read it
+    await server.close();
+    expect(await busy.replies(1)).toEqual([{ jsonrpc: "2.0", result: "slept 200", id: 1 }]);
+    await busy.closed();
+  });
+
+  test("close() closes idle connections immediately", async () => {
+    const server = await start({ closeGraceMs: 5000 });
+    const idle = await openPeer(server.port);
+    const started = Date.now();
+    await server.close();
+    await idle.closed();
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
+  test("close() destroys connections whose calls outlast closeGraceMs", async () => {
+    const server = await start({ closeGraceMs: 100 });
+    const stuck = await openPeer(server.port);
+    await stuck.send('{"jsonrpc":"2.0","method":"forever","id":1}');
+    await delay(20);
+    const started = Date.now();
+    await server.close();
+    await stuck.closed();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(90);
+  });
+
+  test("close() twice resolves twice", async () => {
+    const server = await start();
+    await Promise.all([server.close(), server.close()]);
+  });
+
+  test("close() leaves no timer, socket or listener that keeps the process alive", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "rpc-exit-"));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const script = join(dir, "exits.mts"); // .mts: an ES module wherever it is
+    const rpc = new URL("./rpc.ts", import.meta.url).href;
+    writeFileSync(
+      script,
+      `import { rpcCall, startServer } from ${JSON.stringify(rpc)};
+import { connect } from "node:net";
+const server = await startServer({ port: 0 });
+const idle = connect(server.port, "127.0.0.1");
+await new Promise((resolve) => idle.on("connect", resolve));
+await rpcCall("add", [1, 2], { port: server.port });
+await server.close();
+console.log("closed");
+`,
+    );
+    const child = spawn(...runTypeScript(script));
+    let output = "";
+    child.stdout?.on("data", (chunk) => (output += chunk));
+    child.stderr?.on("data", (chunk) => (output += chunk));
+    const started = Date.now();
+    const [code] = await once(child, "exit");
+    expect(output).toContain("closed");
+    expect(code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(4000); // closeGraceMs is 5000: its timer must not linger
+  }, 15_000);
+
+  test("maxConnections: one connection more is told why and closed", async () => {
+    const { port } = await start({ maxConnections: 2 });
+    const first = await openPeer(port);
+    await openPeer(port);
+    await delay(20);
+    const third = await openPeer(port);
+    expect(await third.replies(1)).toEqual([errorReply(ERROR_CODES.SERVER_BUSY)]);
+    await third.closed();
+    await first.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
+    expect(await first.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
+  });
+
+  test("idleTimeoutMs: a silent connection is closed", async () => {
+    const { port } = await start({ idleTimeoutMs: 100 });
+    const silent = await openPeer(port);
+    await silent.closed();
+  });
+
+  test("idleTimeoutMs: a call longer than the timeout still answers", async () => {
+    const { port } = await start({ idleTimeoutMs: 100 });
+    const peer = await openPeer(port);
+    await peer.send('{"jsonrpc":"2.0","method":"sleep","params":[300],"id":1}');
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: "slept 300", id: 1 }]);
+  });
+});
+
+/** The command that runs a TypeScript file on the runtime running these tests. */
+function runTypeScript(file: string): [string, string[]] {
+  const versions = process.versions as { deno?: string; bun?: string };
+  if (versions.deno !== undefined) return [process.execPath, ["run", "-A", file]];
+  if (versions.bun !== undefined) return [process.execPath, [file]];
+  return [process.execPath, ["--import", "tsx", file]];
+}
 
 // ---------------------------------------------------------------------------
 // Interop: peers nobody here wrote
