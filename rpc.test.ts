@@ -12,6 +12,7 @@ import { join } from "node:path";
 import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import fc from "fast-check";
 import jayson from "jayson";
 import { afterEach, describe, expect, test } from "vitest";
 import {
@@ -818,6 +819,143 @@ function runTypeScript(file: string): [string, string[]] {
   if (versions.bun !== undefined) return [process.execPath, [file]];
   return [process.execPath, ["--import", "tsx", file]];
 }
+
+// ---------------------------------------------------------------------------
+// Properties: fast-check generates the inputs, hundreds of them
+// ---------------------------------------------------------------------------
+
+/** True for a reply of the JSON-RPC 2.0 shape: jsonrpc, id, and one of result/error. */
+function isResponseShape(value: unknown): boolean {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
+  const reply = value as Record<string, unknown>;
+  const idOk = reply.id === null || typeof reply.id === "string" || typeof reply.id === "number";
+  const error = reply.error as Record<string, unknown> | undefined;
+  const errorOk = error !== undefined && Number.isInteger(error.code) && typeof error.message === "string";
+  return reply.jsonrpc === "2.0" && idOk && ("result" in reply !== "error" in reply) && ("result" in reply || errorOk);
+}
+
+/** One generated call: the request to send and the reply it must get (none for a notification). */
+interface GeneratedCall {
+  request: Record<string, unknown>;
+  reply?: Record<string, unknown>;
+}
+
+/** Text rich in the characters framing must get right: quotes, backslashes, brackets, multi-byte. */
+const trickyText = fc.string({
+  unit: fc.oneof(
+    fc.constantFrom('"', "\\", "{", "}", "[", "]", "é", "€", "😀"),
+    fc.string({ unit: "binary", maxLength: 1 }),
+  ),
+  maxLength: 12,
+});
+
+const callArbitrary: fc.Arbitrary<(id: number) => GeneratedCall> = fc.oneof(
+  fc.tuple(fc.integer(), fc.integer()).map(([a, b]) => (id: number) => ({
+    request: { jsonrpc: "2.0", method: "add", params: [a, b], id },
+    reply: { jsonrpc: "2.0", result: a + b, id },
+  })),
+  trickyText.map((text) => (id: number) => ({
+    request: { jsonrpc: "2.0", method: "echo", params: [text], id },
+    reply: { jsonrpc: "2.0", result: [text], id },
+  })),
+  fc.tuple(fc.integer(), fc.integer()).map(([a, b]) => (id: number) => ({
+    request: { method: "multiply", params: [a, b], id }, // the lab's shape, with an id
+    reply: { jsonrpc: "2.0", result: a * b, id },
+  })),
+  trickyText.map((text) => () => ({
+    request: { jsonrpc: "2.0", method: "echo", params: [text] }, // a notification
+  })),
+);
+
+/** A stream of messages (single requests and batches), with whitespace or nothing between. */
+const streamArbitrary = fc.array(
+  fc.tuple(
+    fc.array(callArbitrary, { minLength: 1, maxLength: 3 }),
+    fc.boolean(),
+    fc.constantFrom("", "\n", " ", "\r\n\t"),
+  ),
+  { minLength: 1, maxLength: 12 },
+).map((messages) => {
+  let id = 0;
+  let text = "";
+  const expected: unknown[] = [];
+  for (const [makers, asBatch, separator] of messages) {
+    const calls = (asBatch ? makers : makers.slice(0, 1)).map((make) => make(id++));
+    const replies = calls.flatMap((call) => (call.reply === undefined ? [] : [call.reply]));
+    text += JSON.stringify(asBatch ? calls.map((call) => call.request) : calls[0].request) + separator;
+    if (asBatch && replies.length > 0) expected.push(replies);
+    if (!asBatch && replies.length === 1) expected.push(replies[0]);
+  }
+  return { bytes: new TextEncoder().encode(text), expected };
+});
+
+/** Cuts bytes at the given positions (taken modulo the length). */
+function cut(bytes: Uint8Array, positions: number[]): Uint8Array[] {
+  const cuts = [...new Set(positions.map((position) => position % bytes.length))].sort((a, b) => a - b);
+  return [0, ...cuts].map((start, i) => bytes.subarray(start, cuts[i] ?? bytes.length)).filter((c) => c.length > 0);
+}
+
+const sortedJson = (values: unknown[]) => values.map((value) => JSON.stringify(value)).sort();
+
+describe("properties", () => {
+  test("any valid stream, cut at any bytes, gets exactly one right reply per request that expects one", async () => {
+    const { port } = await start();
+    await fc.assert(
+      fc.asyncProperty(
+        streamArbitrary,
+        fc.array(fc.nat(), { maxLength: 16 }),
+        async ({ bytes, expected }, positions) => {
+          const peer = await openPeer(port);
+          for (const chunk of cut(bytes, positions)) {
+            peer.socket.write(chunk);
+            await new Promise((resolve) => setImmediate(resolve)); // its own write, its own segment
+          }
+          peer.socket.end();
+          await peer.closed();
+          const replies = peer.received().split("\n").slice(0, -1).map((line) => JSON.parse(line));
+          expect(sortedJson(replies)).toEqual(sortedJson(expected)); // completion order may differ from sending order
+          peer.socket.destroy();
+        },
+      ),
+      { numRuns: 60 },
+    );
+  }, 30_000);
+
+  test("arbitrary JSON and arbitrary bytes get replies of the right shape and a closed connection", async () => {
+    const { port } = await start();
+    const requestLike = fc.record(
+      {
+        jsonrpc: fc.constantFrom("2.0", "1.0", 2),
+        method: fc.oneof(fc.constantFrom("add", "toString", "__proto__", "constructor", "nope"), fc.jsonValue()),
+        params: fc.jsonValue(),
+        id: fc.jsonValue(),
+      },
+      { requiredKeys: [] },
+    );
+    const message = fc.oneof(
+      fc.jsonValue().map((value) => new TextEncoder().encode(JSON.stringify(value))),
+      fc.array(requestLike, { maxLength: 4 }).map((batch) => new TextEncoder().encode(JSON.stringify(batch))),
+      requestLike.map((request) => new TextEncoder().encode(JSON.stringify(request))),
+      fc.uint8Array({ maxLength: 64 }),
+    );
+    await fc.assert(
+      fc.asyncProperty(message, async (bytes) => {
+        const peer = await openPeer(port);
+        peer.socket.end(bytes);
+        await peer.closed();
+        for (const line of peer.received().split("\n").slice(0, -1)) {
+          const reply = JSON.parse(line);
+          expect(Array.isArray(reply) ? reply.length > 0 && reply.every(isResponseShape) : isResponseShape(reply)).toBe(
+            true,
+          );
+        }
+        peer.socket.destroy();
+        expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 }); // and still serving
+      }),
+      { numRuns: 150 },
+    );
+  }, 30_000);
+});
 
 // ---------------------------------------------------------------------------
 // Interop: peers nobody here wrote
