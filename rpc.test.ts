@@ -499,11 +499,21 @@ describe("rule 7: limits", () => {
     ["arrays", "[".repeat(100_000) + "]".repeat(100_000)],
     ["objects", '{"a":'.repeat(100_000) + "1" + "}".repeat(100_000)],
     ["params", '{"method":"echo","params":' + "[".repeat(100_000) + "]".repeat(100_000) + "}"],
-  ])("deeply nested %s get a reply, and the server keeps serving", async (_, message) => {
+  ])("deeply nested %s get -32600 before any parsing, and the server keeps serving", async (_, message) => {
     const { port } = await start();
-    const reply = await ask(port, message);
-    expect(JSON.stringify(reply)).toMatch(/"jsonrpc":"2.0"/);
+    const peer = await openPeer(port);
+    await peer.send(message);
+    const [reply] = await peer.replies(1);
+    expect(reply).toEqual(errorReply(ERROR_CODES.INVALID_REQUEST));
+    expect(JSON.stringify(reply)).toContain("nested deeper than 1000 levels");
     expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 });
+  });
+
+  test("nesting of 1,000 levels is accepted", async () => {
+    const { port } = await start();
+    const params = "[".repeat(998) + "]".repeat(998); // inside the request object and the params array
+    const reply = await ask(port, `{"jsonrpc":"2.0","method":"count","params":[${params}],"id":1}`);
+    expect(reply).toEqual({ jsonrpc: "2.0", result: 1, id: 1 });
   });
 });
 

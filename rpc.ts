@@ -224,6 +224,9 @@ const CLOSE_BRACKET = 0x5d; // ]
 const QUOTE = 0x22; // "
 const BACKSLASH = 0x5c; // \
 const WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]); // space, tab, \n, \r
+// No request needs deeper nesting; deeper input only costs stack, and on some
+// runtimes JSON.stringify takes half a second to overflow on 50,000 levels.
+const MAX_DEPTH = 1000;
 
 /** A message reader: feed it chunks, it calls back with whole messages. */
 interface MessageReader {
@@ -269,6 +272,7 @@ function createMessageReader(
         inString = true;
       } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
         depth++;
+        if (depth > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
       } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
         depth--;
         if (depth === 0) {

@@ -1,0 +1,73 @@
+/**
+ * Starts a script (by default `stress/server.ts`) on a chosen runtime in a
+ * child process, and reads the child's memory from Linux's /proc.
+ */
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import process from "node:process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+
+/** The runtimes a server can run on. */
+export type Runtime = "node" | "deno" | "bun";
+
+/** A server in a child process. */
+export interface ChildServer {
+  port: number;
+  pid: number;
+  /** Resident memory now, in MB (read from /proc, so Linux only). */
+  rssMb(): number;
+  /** SIGTERM, then wait for the process to exit. */
+  stop(): Promise<void>;
+}
+
+/** The binary for a runtime: CI's copy in .ci/node_modules if there, else the one on PATH. */
+function binary(runtime: "deno" | "bun"): string {
+  const local = fileURLToPath(new URL(`../.ci/node_modules/.bin/${runtime}`, import.meta.url));
+  return existsSync(local) ? local : runtime;
+}
+
+/** The command that runs a TypeScript file on `runtime`. */
+export function command(runtime: Runtime, file: string): [string, string[]] {
+  if (runtime === "deno") return [binary("deno"), ["run", "-A", file]];
+  if (runtime === "bun") return [binary("bun"), [file]];
+  return [process.execPath, ["--import", "tsx", file]]; // Node 20 needs tsx to read TypeScript
+}
+
+/** The runtime's version, or undefined when it cannot be started here. */
+export function version(runtime: Runtime): string | undefined {
+  if (runtime === "node") return process.version;
+  const result = spawnSync(binary(runtime), ["--version"], { encoding: "utf8" });
+  return result.status === 0 ? result.stdout.split("\n")[0].trim() : undefined;
+}
+
+const PAGE_BYTES = 4096;
+
+/** Resident memory of a process in MB: the second field of /proc/PID/statm, in pages. */
+export function rssMb(pid: number): number {
+  const pages = Number(readFileSync(`/proc/${pid}/statm`, "utf8").split(" ")[1]);
+  return (pages * PAGE_BYTES) / (1024 * 1024);
+}
+
+/** Starts `file` (default: stress/server.ts) and waits for its `{"port":N}` line. */
+export async function startChild(runtime: Runtime, args: string[] = [], file?: string): Promise<ChildServer> {
+  const script = file ?? fileURLToPath(new URL("./server.ts", import.meta.url));
+  const [bin, baseArgs] = command(runtime, script);
+  const child = spawn(bin, [...baseArgs, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const lines = createInterface({ input: child.stdout });
+  const port = await new Promise<number>((resolve, reject) => {
+    lines.once("line", (line) => resolve(JSON.parse(line).port));
+    child.once("exit", (code) => reject(new Error(`${bin} ${script} exited with ${code} before listening`)));
+  });
+  const pid = child.pid ?? 0;
+  return {
+    port,
+    pid,
+    rssMb: () => rssMb(pid),
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
