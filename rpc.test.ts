@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
@@ -16,11 +16,13 @@ import fc from "fast-check";
 import jayson from "jayson";
 import { afterEach, describe, expect, test } from "vitest";
 import {
+  connect,
   ERROR_CODES,
   FUNCTIONS,
   type Functions,
   handleMessage,
   rpcCall,
+  type RpcClient,
   RpcError,
   type RpcServer,
   type ServerOptions,
@@ -95,7 +97,7 @@ interface Peer {
 }
 
 async function openPeer(port: number): Promise<Peer> {
-  const socket = connect({ port, host: "127.0.0.1", allowHalfOpen: true });
+  const socket = createConnection({ port, host: "127.0.0.1", allowHalfOpen: true });
   socket.on("error", () => {}); // a reset is something tests look for, not a crash
   cleanups.push(() => socket.destroy());
   await once(socket, "connect");
@@ -716,6 +718,86 @@ describe("rpcCall()", () => {
     );
     await rpcCall("add", [1, 2], { port });
     expect(request).toBe('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
+  });
+});
+
+// ---------------------------------------------------------------------------
+// connect(): one connection, many calls
+// ---------------------------------------------------------------------------
+
+async function client(port: number, options: { timeoutMs?: number } = {}): Promise<RpcClient> {
+  const opened = await connect({ port, ...options });
+  cleanups.push(() => opened.close());
+  return opened;
+}
+
+describe("connect()", () => {
+  test("call() resolves to the reply, as rpcCall() does", async () => {
+    const { port } = await start();
+    const rpc = await client(port);
+    expect(await rpc.call("add", [10, 20])).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
+    expect(await rpc.call("divide", [10, 5])).toEqual(errorReply(ERROR_CODES.METHOD_NOT_FOUND, 2));
+  });
+
+  test("many calls in flight on one connection each get their own reply, whatever the order", async () => {
+    const lines: string[] = [];
+    const { port } = await start({ log: (line) => lines.push(line) });
+    const rpc = await client(port);
+    const delays = [120, 10, 80, 0, 40, 100, 20, 60];
+    const replies = await Promise.all(delays.map((ms) => rpc.call("sleep", [ms])));
+    expect(replies.map((reply) => reply.result)).toEqual(delays.map((ms) => `slept ${ms}`));
+    expect(rpc.pending).toBe(0);
+    expect(lines.filter((line) => line.startsWith("Client connected"))).toHaveLength(1);
+  });
+
+  test("notify() runs the method and gets no reply", async () => {
+    const calls: unknown[] = [];
+    const { port } = await start({ functions: { ...TEST_FUNCTIONS, record: (x) => calls.push(x) } });
+    const rpc = await client(port);
+    rpc.notify("record", ["hi"]);
+    expect(await rpc.call("add", [1, 2])).toMatchObject({ result: 3 });
+    expect(calls).toEqual(["hi"]);
+  });
+
+  test("a call with no reply rejects after timeoutMs, and the next call still works", async () => {
+    const { port } = await start();
+    const rpc = await client(port, { timeoutMs: 100 });
+    await expect(rpc.call("forever")).rejects.toThrow(
+      `call forever to 127.0.0.1:${port} failed: no reply within 100 ms`,
+    );
+    expect(rpc.pending).toBe(0);
+    expect(await rpc.call("add", [1, 2])).toMatchObject({ result: 3 });
+  });
+
+  test("when the connection drops, every pending call rejects at once", async () => {
+    const server = await start({ closeGraceMs: 50 });
+    const rpc = await client(server.port, { timeoutMs: 10_000 });
+    const calls = [rpc.call("forever"), rpc.call("forever"), rpc.call("forever")];
+    await delay(20);
+    expect(rpc.pending).toBe(3);
+    const started = Date.now();
+    await server.close();
+    for (const call of calls) await expect(call).rejects.toThrow(`call forever to 127.0.0.1:${server.port} failed`);
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(rpc.pending).toBe(0);
+    await expect(rpc.call("add", [1, 2])).rejects.toThrow("closed");
+  });
+
+  test("close() lets calls in flight answer, then resolves", async () => {
+    const { port } = await start();
+    const rpc = await connect({ port });
+    const call = rpc.call("sleep", [50]);
+    await rpc.close();
+    expect(await call).toMatchObject({ result: "slept 50" });
+    await expect(rpc.call("add", [1, 2])).rejects.toThrow("closed");
+    expect(() => rpc.notify("add", [1, 2])).toThrow("closed");
+  });
+
+  test("connect() to a closed port rejects naming the address and the cause", async () => {
+    const port = await freePort();
+    await expect(connect({ port })).rejects.toThrow(
+      new RegExp(`connect to 127\\.0\\.0\\.1:${port} failed: .*ECONNREFUSED`),
+    );
   });
 });
 

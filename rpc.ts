@@ -30,7 +30,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { connect, createServer, type Socket } from "node:net";
+import { createConnection, createServer, type Socket } from "node:net";
 
 // ---------------------------------------------------------------------------
 // Wire types and error codes
@@ -153,9 +153,14 @@ export type RpcFunction = (...params: unknown[]) => unknown;
 /** A registry: method name to function. */
 export type Functions = Record<string, RpcFunction>;
 
+/** Anything thrown, as an Error: JavaScript lets code throw any value. */
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
 /** The message of anything thrown, Error or not. */
 function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  return asError(error).message;
 }
 
 /** Shows a value in an error message, cut short so a huge input stays readable. */
@@ -718,6 +723,23 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
+/** Parses one framed reply; throws an Error that says what was wrong with it. */
+function readReply(bytes: Uint8Array): RpcReply {
+  let reply: unknown;
+  try {
+    reply = parseMessage(bytes);
+  } catch (error) {
+    throw new Error(`the reply is not JSON (${errorMessage(error)})`);
+  }
+  if (!isRpcReply(reply)) throw new Error(`the reply is not a JSON-RPC response: ${describe(reply)}`);
+  return reply;
+}
+
+/** The error a client call rejects with: what, where, and why. */
+function callError(what: string, host: string, port: number, cause: Error): Error {
+  return new Error(`${what} to ${host}:${port} failed: ${cause.message}`, { cause });
+}
+
 /** The params a call may carry: positional (an array) or named (an object). */
 export type RpcParams = unknown[] | Record<string, unknown>;
 
@@ -746,7 +768,7 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
   const request = JSON.stringify({ jsonrpc: "2.0", method, params, id: 1 });
 
   return new Promise((resolve, reject) => {
-    const socket = connect({ port, host });
+    const socket = createConnection({ port, host });
     const timer = setTimeout(() => fail(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
 
     // A promise settles once, so whichever of these runs first decides.
@@ -758,21 +780,17 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
     function fail(cause: Error): void {
       clearTimeout(timer);
       socket.destroy();
-      reject(new Error(`rpcCall ${method} to ${host}:${port} failed: ${cause.message}`, { cause }));
+      reject(callError(`rpcCall ${method}`, host, port, cause));
     }
 
     // The reply is the first whole JSON text, with or without a newline:
     // the Python lab's server sends none, and closes instead.
     const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
-      let reply: unknown;
       try {
-        reply = parseMessage(bytes);
+        succeed(readReply(bytes));
       } catch (error) {
-        fail(new Error(`the reply is not JSON (${errorMessage(error)})`));
-        return;
+        fail(asError(error));
       }
-      if (isRpcReply(reply)) succeed(reply);
-      else fail(new Error(`the reply is not a JSON-RPC response: ${describe(reply)}`));
     });
 
     socket.on("connect", () => socket.write(request + "\n"));
@@ -785,5 +803,153 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
     });
     socket.on("end", () => fail(new Error("the server closed the connection before replying")));
     socket.on("error", (error) => fail(error));
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The persistent client: one connection, many calls, matched by id
+// ---------------------------------------------------------------------------
+
+/** A client on one connection, as {@linkcode connect} resolves it. */
+export interface RpcClient {
+  /**
+   * Calls a method and resolves to its reply, exactly as {@linkcode rpcCall}
+   * does; many calls may be in flight at once.
+   */
+  call(method: string, params?: RpcParams): Promise<RpcReply>;
+  /** Sends a notification: the server runs it and sends nothing back. */
+  notify(method: string, params?: RpcParams): void;
+  /** Ends the connection once the calls in flight are answered (or time out). */
+  close(): Promise<void>;
+  /** How many calls have been sent and not yet answered, timed out or dropped. */
+  readonly pending: number;
+}
+
+/** A call that has been sent and not yet answered. */
+interface PendingCall {
+  method: string;
+  resolve(reply: RpcReply): void;
+  reject(error: Error): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * Opens one connection for many calls. Each call gets a new id, and a `Map`
+ * from id to the call's promise matches each reply to its call, whatever
+ * order the replies come in.
+ *
+ * @param options Where the server is, and how long each call may take
+ * (`timeoutMs`, counted per call).
+ * @returns The client, once connected.
+ * @throws {Error} When the connection cannot be made. Calls reject when they
+ * time out, or at once, all of them, when the connection drops.
+ *
+ * @example
+ * ```ts
+ * import { connect } from "./rpc.ts";
+ *
+ * const client = await connect({ port: 5000 });
+ * const replies = await Promise.all([client.call("add", [1, 2]), client.call("multiply", [3, 4])]);
+ * console.log(replies.map((reply) => reply.result)); // [3, 12]
+ * await client.close();
+ * ```
+ */
+export function connect(options: CallOptions = {}): Promise<RpcClient> {
+  const { port = 5000, host = "127.0.0.1", timeoutMs = 5000 } = options;
+  const pending = new Map<number, PendingCall>();
+  let nextId = 1;
+  let closedBecause: Error | undefined; // set once the connection is gone
+
+  const socket = createConnection({ port, host });
+
+  /** Rejects every call still waiting: after this, nothing is left in `pending`. */
+  function dropConnection(cause: Error): void {
+    closedBecause ??= cause;
+    socket.destroy();
+    for (const call of pending.values()) {
+      clearTimeout(call.timer);
+      call.reject(callError(`call ${call.method}`, host, port, closedBecause));
+    }
+    pending.clear();
+  }
+
+  const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
+    let reply: RpcReply;
+    try {
+      reply = readReply(bytes);
+    } catch (error) {
+      dropConnection(asError(error));
+      return;
+    }
+    // A reply whose id matches no call (it timed out, or the server could
+    // not read the id) has no one to go to.
+    if (typeof reply.id !== "number") return;
+    const call = pending.get(reply.id);
+    if (call === undefined) return;
+    pending.delete(reply.id);
+    clearTimeout(call.timer);
+    call.resolve(reply);
+  });
+
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      reader.push(chunk);
+    } catch (error) {
+      dropConnection(new Error(`the reply is not JSON (${errorMessage(error)})`));
+    }
+  });
+  socket.on("end", () => dropConnection(new Error("the server closed the connection")));
+
+  function send(message: Record<string, unknown>): void {
+    if (closedBecause !== undefined) throw closedBecause;
+    socket.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+  }
+
+  const client: RpcClient = {
+    call(method, params) {
+      return new Promise((resolve, reject) => {
+        const id = nextId++;
+        const timer = setTimeout(() => {
+          pending.delete(id);
+          reject(callError(`call ${method}`, host, port, new Error(`no reply within ${timeoutMs} ms`)));
+        }, timeoutMs);
+        pending.set(id, { method, resolve, reject, timer });
+        try {
+          send({ method, params, id });
+        } catch (error) {
+          dropConnection(asError(error));
+        }
+      });
+    },
+    notify(method, params) {
+      try {
+        send({ method, params });
+      } catch (error) {
+        throw callError(`notify ${method}`, host, port, asError(error));
+      }
+    },
+    get pending() {
+      return pending.size;
+    },
+    close() {
+      if (socket.destroyed) return Promise.resolve();
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => socket.destroy(), timeoutMs);
+        socket.once("close", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        // The server answers what it has already read, then ends its side too.
+        socket.end();
+      });
+    },
+  };
+
+  return new Promise((resolve, reject) => {
+    socket.once("connect", () => resolve(client));
+    socket.on("error", (error) => {
+      reject(callError("connect", host, port, error)); // ignored once connected
+      dropConnection(error);
+    });
   });
 }
