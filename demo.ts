@@ -15,10 +15,12 @@
 import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
 import { parseArgs } from "node:util";
-import { FUNCTIONS, rpcCall, type RpcReply, type RpcServer, startServer } from "./rpc.ts";
+import { connect, FUNCTIONS, rpcCall, type RpcReply, type RpcServer, startServer } from "./rpc.ts";
 
 const SLOW_MS = 1000;
 const SLOW_CALLS = 5;
+const MANY_CALLS = 500;
+let quiet = false; // true while the server's log would only repeat itself
 
 // A method that takes a second without blocking: it waits on a timer, so the
 // event loop serves everyone else meanwhile.
@@ -64,13 +66,41 @@ async function concurrencyProof(port: number): Promise<void> {
   console.log(`  one after another they would take ${seconds(oneAfterAnother)} (the sum of their own times)`);
 }
 
+/** The same calls over one connection and over one connection each. */
+async function oneConnection(port: number): Promise<void> {
+  console.log(`\nCalling add() ${MANY_CALLS} times at once:`);
+  const client = await connect({ port });
+  let started = performance.now();
+  const replies = await Promise.all(Array.from({ length: MANY_CALLS }, (_, i) => client.call("add", [i, i])));
+  const shared = performance.now() - started;
+  await client.close();
+  started = performance.now();
+  await Promise.all(Array.from({ length: MANY_CALLS }, (_, i) => rpcCall("add", [i, i], { port })));
+  const separate = performance.now() - started;
+  const right = replies.every((reply, i) => reply.result === 2 * i);
+  console.log(
+    `  over one connection (connect):  ${seconds(shared)}, ${
+      right ? "every reply matched to its call by id" : "SOME REPLIES WRONG"
+    }`,
+  );
+  console.log(
+    `  one connection each (rpcCall):  ${seconds(separate)}, ${(separate / shared).toFixed(1)} times as long`,
+  );
+}
+
 async function runClient(port: number): Promise<void> {
   await labCalls(port);
   await concurrencyProof(port);
+  quiet = true; // hundreds of "Client connected" lines would bury the result
+  await oneConnection(port);
+  quiet = false;
 }
 
 async function serve(port: number): Promise<RpcServer> {
-  const server = await startServer({ port, log: (line) => console.log(`  [server] ${line}`) });
+  const log = (line: string) => {
+    if (!quiet) console.log(`  [server] ${line}`);
+  };
+  const server = await startServer({ port, log });
   console.log(`RPC server on 127.0.0.1:${server.port} (${runtime()})`);
   return server;
 }
