@@ -38,7 +38,7 @@ function runtime(): string {
 }
 
 function seconds(ms: number): string {
-  return `${(ms / 1000).toFixed(2)} s`;
+  return ms < 100 ? `${ms.toFixed(1)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
 /** The Python lab's three calls, all at once; each reply is printed as it arrives. */
