@@ -31,6 +31,7 @@
 
 import { Buffer } from "node:buffer";
 import { createConnection, createServer, type Socket } from "node:net";
+import { setImmediate } from "node:timers";
 
 // ---------------------------------------------------------------------------
 // Wire types and error codes
@@ -592,8 +593,20 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     let reading = true; // false once the client has ended, or we stopped listening
     let inFlight = 0; // messages read whose replies have not been sent yet
 
+    let corked = false;
+
     function send(reply: RpcResponse | RpcResponse[]): void {
       if (!socket.writable) return; // the client has gone; nobody to tell
+      // Replies made in the same turn of the event loop leave in one write
+      // (one system call) instead of one each: cork now, uncork next turn.
+      if (!corked) {
+        corked = true;
+        socket.cork();
+        setImmediate(() => {
+          corked = false;
+          socket.uncork();
+        });
+      }
       // Backpressure: while the client is not reading its replies, stop
       // reading its requests, so unsent replies cannot pile up in memory.
       if (!socket.write(encodeReply(reply))) socket.pause();

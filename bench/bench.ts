@@ -1,0 +1,292 @@
+/**
+ * Benchmark: rpc.ts's server and clients beside a floor (a bare add server
+ * with no checks, bench/floor.ts) and the Python lab's server, measured the
+ * same way in one run, in alternating rounds. Prints a table of calls/s, p50
+ * and p99 latency and the ratio to the floor, then the targets.
+ *
+ *     npm run bench               # 3 rounds of 2 s per row (about two minutes)
+ *     npm run bench -- --small    # 1 round of 0.5 s: a smoke test, not a measurement
+ *
+ * Every server runs in a child process; this process is the load. On a
+ * 2-core machine that is one core each, so the client side is as fast as we
+ * can make it: the "bare client" writes many requests per write and counts
+ * newlines.
+ */
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { createConnection, createServer } from "node:net";
+import os from "node:os";
+import { join } from "node:path";
+import process from "node:process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { connect, rpcCall } from "../rpc.ts";
+import { type Runtime, startChild, version } from "../stress/child.ts";
+
+const { values } = parseArgs({ args: process.argv.slice(2), options: { small: { type: "boolean", default: false } } });
+const ROUNDS = values.small ? 1 : 3;
+const SECONDS = values.small ? 0.5 : 2;
+const PER_CALL_CONCURRENCY = 50;
+const PIPELINE_CONNECTIONS = 4;
+const PIPELINE_WINDOW = 64; // calls in flight per connection
+
+/** What one run of one load against one server measured. */
+interface Sample {
+  calls: number;
+  seconds: number;
+  latencies: number[];
+}
+
+/** A server to measure, started in a child process. */
+interface Target {
+  name: string;
+  port: number;
+  stop(): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------
+// The loads
+// ---------------------------------------------------------------------------
+
+const REQUEST = '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n';
+const NEWLINE = 0x0a;
+
+/**
+ * The bare client: on each connection, keeps PIPELINE_WINDOW requests in
+ * flight, sends as many new ones as replies arrived in one write, and matches
+ * replies to send times in order (every reply is to an add, which answers at once).
+ */
+async function bareClient(port: number, seconds: number): Promise<Sample> {
+  const end = performance.now() + seconds * 1000;
+  const requests = Buffer.from(REQUEST.repeat(PIPELINE_WINDOW));
+  const latencies: number[] = [];
+  await Promise.all(Array.from({ length: PIPELINE_CONNECTIONS }, async () => {
+    const socket = createConnection(port, "127.0.0.1");
+    await once(socket, "connect");
+    const sentAt: number[] = [];
+    let answered = 0;
+    const send = (count: number) => {
+      const now = performance.now();
+      for (let i = 0; i < count; i++) sentAt.push(now);
+      socket.write(requests.subarray(0, count * REQUEST.length));
+    };
+    const done = new Promise<void>((resolve) => {
+      socket.on("data", (chunk: Buffer) => {
+        const now = performance.now();
+        let replies = 0;
+        for (let i = 0; i < chunk.length; i++) if (chunk[i] === NEWLINE) replies++;
+        for (let i = 0; i < replies; i++) latencies.push(now - sentAt[answered + i]);
+        answered += replies;
+        if (now < end) send(replies);
+        else if (answered === sentAt.length) resolve();
+      });
+    });
+    send(PIPELINE_WINDOW);
+    await done;
+    socket.destroy();
+  }));
+  return { calls: latencies.length, seconds, latencies };
+}
+
+/** connect(): PIPELINE_WINDOW callers per connection, each awaiting its call, then the next. */
+async function connectClient(port: number, seconds: number): Promise<Sample> {
+  const end = performance.now() + seconds * 1000;
+  const latencies: number[] = [];
+  await Promise.all(Array.from({ length: PIPELINE_CONNECTIONS }, async () => {
+    const client = await connect({ port });
+    await Promise.all(Array.from({ length: PIPELINE_WINDOW }, async () => {
+      while (performance.now() < end) {
+        const started = performance.now();
+        const reply = await client.call("add", [1, 2]);
+        if (reply.result !== 3) throw new Error(`wrong reply ${JSON.stringify(reply)}`);
+        latencies.push(performance.now() - started);
+      }
+    }));
+    await client.close();
+  }));
+  return { calls: latencies.length, seconds, latencies };
+}
+
+/**
+ * The bare per-call client: PER_CALL_CONCURRENCY callers, each opening a
+ * connection, writing one request and closing at the first bytes of reply
+ * (the Python lab's server sends no newline).
+ */
+async function barePerCallClient(port: number, seconds: number): Promise<Sample> {
+  const end = performance.now() + seconds * 1000;
+  const latencies: number[] = [];
+  const callOnce = () =>
+    new Promise<void>((resolve, reject) => {
+      const socket = createConnection(port, "127.0.0.1");
+      socket.on("connect", () => socket.write(REQUEST));
+      socket.on("data", () => {
+        socket.destroy();
+        resolve();
+      });
+      socket.on("error", reject);
+    });
+  await Promise.all(Array.from({ length: PER_CALL_CONCURRENCY }, async () => {
+    while (performance.now() < end) {
+      const started = performance.now();
+      await callOnce();
+      latencies.push(performance.now() - started);
+    }
+  }));
+  return { calls: latencies.length, seconds, latencies };
+}
+
+/** rpcCall(): PER_CALL_CONCURRENCY callers, each opening a connection per call. */
+async function perCallClient(port: number, seconds: number): Promise<Sample> {
+  const end = performance.now() + seconds * 1000;
+  const latencies: number[] = [];
+  await Promise.all(Array.from({ length: PER_CALL_CONCURRENCY }, async () => {
+    while (performance.now() < end) {
+      const started = performance.now();
+      const reply = await rpcCall("add", [1, 2], { port, timeoutMs: 10_000 });
+      if (reply.result !== 3) throw new Error(`wrong reply ${JSON.stringify(reply)}`);
+      latencies.push(performance.now() - started);
+    }
+  }));
+  return { calls: latencies.length, seconds, latencies };
+}
+
+// ---------------------------------------------------------------------------
+// The servers
+// ---------------------------------------------------------------------------
+
+const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+
+async function ours(runtime: Runtime): Promise<Target> {
+  const child = await startChild(runtime, ["--max-connections", "10000"]);
+  return { name: `rpc.ts on ${runtime}`, ...child };
+}
+
+async function floor(runtime: Runtime): Promise<Target> {
+  const child = await startChild(runtime, [], here("./floor.ts"));
+  return { name: `floor on ${runtime}`, ...child };
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer().listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const address = server.address();
+  server.close();
+  return typeof address === "object" && address !== null ? address.port : 0;
+}
+
+/** The Python lab's server, unchanged but for its port, or undefined without python3 or ../shared. */
+async function seed(): Promise<Target | undefined> {
+  const source = here("../../shared/seed/rpc_server.py");
+  if (!existsSync(source)) return undefined;
+  const port = await freePort();
+  const copy = join(mkdtempSync(join(os.tmpdir(), "rpc-bench-")), "rpc_server.py");
+  writeFileSync(copy, readFileSync(source, "utf8").replaceAll("5000", String(port)));
+  const child = spawn("python3", ["-u", copy], { stdio: ["ignore", "pipe", "inherit"] });
+  const started = await Promise.race([
+    once(createInterface({ input: child.stdout }), "line").then(() => true),
+    once(child, "error").then(() => false),
+  ]);
+  if (!started) return undefined;
+  return {
+    name: "Python lab",
+    port,
+    async stop() {
+      child.kill();
+      await once(child, "exit");
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// The run
+// ---------------------------------------------------------------------------
+
+interface Row {
+  name: string;
+  load: (port: number, seconds: number) => Promise<Sample>;
+  target: Target;
+  floorRow?: string;
+  samples: Sample[];
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+const rate = (row: Row) => median(row.samples.map((sample) => sample.calls / sample.seconds));
+
+const runtimes = (["node", "deno", "bun"] as const).filter((runtime) => version(runtime) !== undefined);
+console.log(
+  `bench: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from Node ${process.version}; ` +
+    `servers on ${runtimes.map((runtime) => `${runtime} ${version(runtime)}`).join(", ")}; ` +
+    `${ROUNDS} round(s) of ${SECONDS} s per row${values.small ? " (--small: a smoke test)" : ""}`,
+);
+
+const rows: Row[] = [];
+const targets: Target[] = [];
+const PER_CALL = `bare client, one connection per call x${PER_CALL_CONCURRENCY}`;
+for (const runtime of runtimes) {
+  const [server, bare] = [await ours(runtime), await floor(runtime)];
+  targets.push(server, bare);
+  const pipelinedFloor = `floor on ${runtime}, bare client pipelined`;
+  const perCallFloor = `floor on ${runtime}, ${PER_CALL}`;
+  rows.push(
+    { name: pipelinedFloor, load: bareClient, target: bare, samples: [] },
+    { name: `rpc.ts on ${runtime}, bare client pipelined`, load: bareClient, target: server, floorRow: pipelinedFloor, samples: [] },
+    { name: `rpc.ts on ${runtime}, connect() pipelined`, load: connectClient, target: server, floorRow: pipelinedFloor, samples: [] },
+    { name: perCallFloor, load: barePerCallClient, target: bare, samples: [] },
+    { name: `rpc.ts on ${runtime}, ${PER_CALL}`, load: barePerCallClient, target: server, floorRow: perCallFloor, samples: [] },
+    { name: `rpc.ts on ${runtime}, rpcCall x${PER_CALL_CONCURRENCY}`, load: perCallClient, target: server, floorRow: perCallFloor, samples: [] },
+  );
+}
+const python = await seed();
+if (python === undefined) console.log("(the Python lab's server is skipped: it needs python3 and ../shared/seed)");
+else {
+  targets.push(python);
+  rows.push({ name: `Python lab, ${PER_CALL}`, load: barePerCallClient, target: python, floorRow: `floor on node, ${PER_CALL}`, samples: [] });
+}
+
+for (const row of rows) await row.load(row.target.port, 0.3); // warm up every JIT involved
+for (let round = 0; round < ROUNDS; round++) {
+  for (const row of rows) row.samples.push(await row.load(row.target.port, SECONDS));
+}
+for (const target of targets) await target.stop();
+
+const byName = new Map(rows.map((row) => [row.name, row]));
+console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor |");
+console.log("| --- | ---: | ---: | ---: | ---: |");
+for (const row of rows) {
+  const latencies = row.samples.flatMap((sample) => sample.latencies);
+  const floorRow = row.floorRow === undefined ? undefined : byName.get(row.floorRow);
+  const ratio = floorRow === undefined ? "1.00" : (rate(row) / rate(floorRow)).toFixed(2);
+  console.log(
+    `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ${percentile(latencies, 99).toFixed(2)} | ${ratio} |`,
+  );
+}
+
+/** The ratio of two rows' median calls/s. */
+function ratio(name: string, to: string): number {
+  const [a, b] = [byName.get(name), byName.get(to)];
+  return a === undefined || b === undefined ? Number.NaN : rate(a) / rate(b);
+}
+
+const checks: Array<[string, number, number]> = [
+  ["server, pipelined, x floor", ratio("rpc.ts on node, bare client pipelined", "floor on node, bare client pipelined"), 0.85],
+  ["server, one call per connection, x floor", ratio(`rpc.ts on node, ${PER_CALL}`, `floor on node, ${PER_CALL}`), 0.9],
+  ["server, one call per connection, x Python lab", ratio(`rpc.ts on node, ${PER_CALL}`, `Python lab, ${PER_CALL}`), 5],
+  ["connect() pipelined, x rpcCall", ratio("rpc.ts on node, connect() pipelined", `rpc.ts on node, rpcCall x${PER_CALL_CONCURRENCY}`), 8],
+  ["connect() pipelined, x bare client on the same server", ratio("rpc.ts on node, connect() pipelined", "rpc.ts on node, bare client pipelined"), 0.8],
+];
+console.log("");
+for (const [what, value, least] of checks) {
+  const verdict = Number.isNaN(value) ? "SKIP" : value >= least ? "MET " : "MISS";
+  console.log(`${verdict} ${what}: ${value.toFixed(2)} (target at least ${least})`);
+}
