@@ -474,6 +474,39 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 }
 
 // ---------------------------------------------------------------------------
+// Writing: one system call per turn of the event loop, not one per message
+// ---------------------------------------------------------------------------
+
+/** Queues text for a socket; see {@linkcode createWriter}. */
+interface Writer {
+  /** Queues text, to be written at the end of this turn of the event loop. */
+  write(text: string): void;
+  /** Writes what is queued now (before ending the socket, say). */
+  flush(): void;
+}
+
+/**
+ * Joins everything written to `socket` in one turn of the event loop into one
+ * write. A client that sends 50 requests in one packet then gets its 50
+ * replies in one packet too, and the server makes one system call, not 50:
+ * the biggest cost the profiler found.
+ */
+function createWriter(socket: Socket, onFull: () => void = () => {}): Writer {
+  let queued = "";
+  function flush(): void {
+    if (queued === "" || !socket.writable) return;
+    const text = queued;
+    queued = "";
+    if (!socket.write(text)) onFull(); // the runtime is holding more than its buffer's worth
+  }
+  function write(text: string): void {
+    if (queued === "") setImmediate(flush); // once the callbacks of this turn have all run
+    queued += text;
+  }
+  return { write, flush };
+}
+
+// ---------------------------------------------------------------------------
 // The server: sockets in, messages out
 // ---------------------------------------------------------------------------
 
@@ -593,28 +626,18 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     let reading = true; // false once the client has ended, or we stopped listening
     let inFlight = 0; // messages read whose replies have not been sent yet
 
-    let corked = false;
+    // Backpressure: while the client is not reading its replies, stop
+    // reading its requests, so unsent replies cannot pile up in memory.
+    const writer = createWriter(socket, () => socket.pause());
 
     function send(reply: RpcResponse | RpcResponse[]): void {
-      if (!socket.writable) return; // the client has gone; nobody to tell
-      // Replies made in the same turn of the event loop leave in one write
-      // (one system call) instead of one each: cork now, uncork next turn.
-      if (!corked) {
-        corked = true;
-        socket.cork();
-        setImmediate(() => {
-          corked = false;
-          socket.uncork();
-        });
-      }
-      // Backpressure: while the client is not reading its replies, stop
-      // reading its requests, so unsent replies cannot pile up in memory.
-      if (!socket.write(encodeReply(reply))) socket.pause();
+      if (socket.writable) writer.write(encodeReply(reply)); // else the client has gone: nobody to tell
     }
 
     /** Ends our side once no more requests will be read and all are answered. */
     function endIfDone(): void {
       if (reading || inFlight > 0 || socket.writableEnded) return;
+      writer.flush();
       // While the server closes, do not wait for the client to hang up too.
       socket.end(() => {
         if (closing) socket.destroy();
@@ -674,7 +697,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 
     function stop(): void {
       reading = false;
-      if (inFlight === 0) socket.destroy();
+      endIfDone(); // now, if no call is in flight; otherwise after the last reply
     }
     const connection: Connection = { socket, stop };
     connections.add(connection);
@@ -913,9 +936,11 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
   });
   socket.on("end", () => dropConnection(new Error("the server closed the connection")));
 
+  const writer = createWriter(socket);
+
   function send(message: Record<string, unknown>): void {
     if (closedBecause !== undefined) throw closedBecause;
-    socket.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+    writer.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
   }
 
   const client: RpcClient = {
@@ -953,6 +978,7 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
           resolve();
         });
         // The server answers what it has already read, then ends its side too.
+        writer.flush();
         socket.end();
       });
     },

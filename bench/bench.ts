@@ -6,6 +6,7 @@
  *
  *     npm run bench               # 3 rounds of 2 s per row (about two minutes)
  *     npm run bench -- --small    # 1 round of 0.5 s: a smoke test, not a measurement
+ *     npm run bench -- --runtime node --runtime bun   # only these servers
  *
  * Every server runs in a child process; this process is the load. On a
  * 2-core machine that is one core each, so the client side is as fast as we
@@ -23,9 +24,12 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connect, rpcCall } from "../rpc.ts";
-import { type Runtime, startChild, version } from "../stress/child.ts";
+import { cpuSeconds, type Runtime, startChild, version } from "../stress/child.ts";
 
-const { values } = parseArgs({ args: process.argv.slice(2), options: { small: { type: "boolean", default: false } } });
+const { values } = parseArgs({
+  args: process.argv.slice(2),
+  options: { small: { type: "boolean", default: false }, runtime: { type: "string", multiple: true } },
+});
 const ROUNDS = values.small ? 1 : 3;
 const SECONDS = values.small ? 0.5 : 2;
 const PER_CALL_CONCURRENCY = 50;
@@ -37,12 +41,15 @@ interface Sample {
   calls: number;
   seconds: number;
   latencies: number[];
+  /** CPU seconds the server process used meanwhile. */
+  serverCpu?: number;
 }
 
 /** A server to measure, started in a child process. */
 interface Target {
   name: string;
   port: number;
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -192,6 +199,7 @@ async function seed(): Promise<Target | undefined> {
   return {
     name: "Python lab",
     port,
+    pid: child.pid ?? 0,
     async stop() {
       child.kill();
       await once(child, "exit");
@@ -222,8 +230,14 @@ function percentile(values: number[], p: number): number {
 }
 
 const rate = (row: Row) => median(row.samples.map((sample) => sample.calls / sample.seconds));
+/** The share of one core the server used, median over rounds. */
+const cpuShare = (row: Row) => median(row.samples.map((sample) => (sample.serverCpu ?? 0) / sample.seconds));
+/** Server CPU per call in µs, median over rounds: what a call costs the server, whoever is the bottleneck. */
+const cpuPerCall = (row: Row) => median(row.samples.map((sample) => (1e6 * (sample.serverCpu ?? 0)) / sample.calls));
 
-const runtimes = (["node", "deno", "bun"] as const).filter((runtime) => version(runtime) !== undefined);
+const runtimes = (["node", "deno", "bun"] as const)
+  .filter((runtime) => values.runtime === undefined || values.runtime.includes(runtime))
+  .filter((runtime) => version(runtime) !== undefined);
 console.log(
   `bench: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from Node ${process.version}; ` +
     `servers on ${runtimes.map((runtime) => `${runtime} ${version(runtime)}`).join(", ")}; ` +
@@ -240,35 +254,72 @@ for (const runtime of runtimes) {
   const perCallFloor = `floor on ${runtime}, ${PER_CALL}`;
   rows.push(
     { name: pipelinedFloor, load: bareClient, target: bare, samples: [] },
-    { name: `rpc.ts on ${runtime}, bare client pipelined`, load: bareClient, target: server, floorRow: pipelinedFloor, samples: [] },
-    { name: `rpc.ts on ${runtime}, connect() pipelined`, load: connectClient, target: server, floorRow: pipelinedFloor, samples: [] },
+    {
+      name: `rpc.ts on ${runtime}, bare client pipelined`,
+      load: bareClient,
+      target: server,
+      floorRow: pipelinedFloor,
+      samples: [],
+    },
+    {
+      name: `rpc.ts on ${runtime}, connect() pipelined`,
+      load: connectClient,
+      target: server,
+      floorRow: pipelinedFloor,
+      samples: [],
+    },
     { name: perCallFloor, load: barePerCallClient, target: bare, samples: [] },
-    { name: `rpc.ts on ${runtime}, ${PER_CALL}`, load: barePerCallClient, target: server, floorRow: perCallFloor, samples: [] },
-    { name: `rpc.ts on ${runtime}, rpcCall x${PER_CALL_CONCURRENCY}`, load: perCallClient, target: server, floorRow: perCallFloor, samples: [] },
+    {
+      name: `rpc.ts on ${runtime}, ${PER_CALL}`,
+      load: barePerCallClient,
+      target: server,
+      floorRow: perCallFloor,
+      samples: [],
+    },
+    {
+      name: `rpc.ts on ${runtime}, rpcCall x${PER_CALL_CONCURRENCY}`,
+      load: perCallClient,
+      target: server,
+      floorRow: perCallFloor,
+      samples: [],
+    },
   );
 }
 const python = await seed();
 if (python === undefined) console.log("(the Python lab's server is skipped: it needs python3 and ../shared/seed)");
 else {
   targets.push(python);
-  rows.push({ name: `Python lab, ${PER_CALL}`, load: barePerCallClient, target: python, floorRow: `floor on node, ${PER_CALL}`, samples: [] });
+  rows.push({
+    name: `Python lab, ${PER_CALL}`,
+    load: barePerCallClient,
+    target: python,
+    floorRow: `floor on node, ${PER_CALL}`,
+    samples: [],
+  });
 }
 
 for (const row of rows) await row.load(row.target.port, 0.3); // warm up every JIT involved
 for (let round = 0; round < ROUNDS; round++) {
-  for (const row of rows) row.samples.push(await row.load(row.target.port, SECONDS));
+  for (const row of rows) {
+    const cpuBefore = cpuSeconds(row.target.pid);
+    const sample = await row.load(row.target.port, SECONDS);
+    row.samples.push({ ...sample, serverCpu: cpuSeconds(row.target.pid) - cpuBefore });
+  }
 }
 for (const target of targets) await target.stop();
 
 const byName = new Map(rows.map((row) => [row.name, row]));
-console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor |");
-console.log("| --- | ---: | ---: | ---: | ---: |");
+console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor | server CPU | server µs/call |");
+console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const row of rows) {
   const latencies = row.samples.flatMap((sample) => sample.latencies);
   const floorRow = row.floorRow === undefined ? undefined : byName.get(row.floorRow);
   const ratio = floorRow === undefined ? "1.00" : (rate(row) / rate(floorRow)).toFixed(2);
   console.log(
-    `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ${percentile(latencies, 99).toFixed(2)} | ${ratio} |`,
+    `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ${
+      percentile(latencies, 99).toFixed(2)
+    } | ${ratio} | ` +
+      `${(100 * cpuShare(row)).toFixed(0)}% | ${cpuPerCall(row).toFixed(2)} |`,
   );
 }
 
@@ -279,11 +330,23 @@ function ratio(name: string, to: string): number {
 }
 
 const checks: Array<[string, number, number]> = [
-  ["server, pipelined, x floor", ratio("rpc.ts on node, bare client pipelined", "floor on node, bare client pipelined"), 0.85],
+  [
+    "server, pipelined, x floor",
+    ratio("rpc.ts on node, bare client pipelined", "floor on node, bare client pipelined"),
+    0.85,
+  ],
   ["server, one call per connection, x floor", ratio(`rpc.ts on node, ${PER_CALL}`, `floor on node, ${PER_CALL}`), 0.9],
   ["server, one call per connection, x Python lab", ratio(`rpc.ts on node, ${PER_CALL}`, `Python lab, ${PER_CALL}`), 5],
-  ["connect() pipelined, x rpcCall", ratio("rpc.ts on node, connect() pipelined", `rpc.ts on node, rpcCall x${PER_CALL_CONCURRENCY}`), 8],
-  ["connect() pipelined, x bare client on the same server", ratio("rpc.ts on node, connect() pipelined", "rpc.ts on node, bare client pipelined"), 0.8],
+  [
+    "connect() pipelined, x rpcCall",
+    ratio("rpc.ts on node, connect() pipelined", `rpc.ts on node, rpcCall x${PER_CALL_CONCURRENCY}`),
+    8,
+  ],
+  [
+    "connect() pipelined, x bare client on the same server",
+    ratio("rpc.ts on node, connect() pipelined", "rpc.ts on node, bare client pipelined"),
+    0.8,
+  ],
 ];
 console.log("");
 for (const [what, value, least] of checks) {

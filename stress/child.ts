@@ -49,6 +49,15 @@ export function rssMb(pid: number): number {
   return (pages * PAGE_BYTES) / (1024 * 1024);
 }
 
+const CLOCK_TICKS_PER_SECOND = 100; // Linux's USER_HZ
+
+/** CPU time a process has used, in seconds: utime + stime, fields 14 and 15 of /proc/PID/stat. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" "); // the name, in parentheses, may hold spaces
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
 /** Starts `file` (default: stress/server.ts) and waits for its `{"port":N}` line. */
 export async function startChild(runtime: Runtime, args: string[] = [], file?: string): Promise<ChildServer> {
   const script = file ?? fileURLToPath(new URL("./server.ts", import.meta.url));
