@@ -24,7 +24,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { connect, rpcCall } from "../rpc.ts";
-import { cpuSeconds, type Runtime, startChild, version } from "../stress/child.ts";
+import { cpuSeconds, type Runtime, startChild, thisRuntime, version } from "../stress/child.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -35,12 +35,15 @@ const SECONDS = values.small ? 0.5 : 2;
 const PER_CALL_CONCURRENCY = 50;
 const PIPELINE_CONNECTIONS = 4;
 const PIPELINE_WINDOW = 64; // calls in flight per connection
+const CALL_TIMEOUT_MS = 3000;
 
 /** What one run of one load against one server measured. */
 interface Sample {
   calls: number;
   seconds: number;
   latencies: number[];
+  /** Calls that failed or took over CALL_TIMEOUT_MS (the Python lab drops connections under load). */
+  failed?: number;
   /** CPU seconds the server process used meanwhile. */
   serverCpu?: number;
 }
@@ -124,24 +127,31 @@ async function connectClient(port: number, seconds: number): Promise<Sample> {
 async function barePerCallClient(port: number, seconds: number): Promise<Sample> {
   const end = performance.now() + seconds * 1000;
   const latencies: number[] = [];
+  let failed = 0;
   const callOnce = () =>
     new Promise<void>((resolve, reject) => {
       const socket = createConnection(port, "127.0.0.1");
+      socket.setTimeout(CALL_TIMEOUT_MS, () => socket.destroy(new Error("timed out")));
       socket.on("connect", () => socket.write(REQUEST));
       socket.on("data", () => {
         socket.destroy();
         resolve();
       });
       socket.on("error", reject);
+      socket.on("close", () => reject(new Error("closed before a reply"))); // no effect once resolved
     });
   await Promise.all(Array.from({ length: PER_CALL_CONCURRENCY }, async () => {
     while (performance.now() < end) {
       const started = performance.now();
-      await callOnce();
-      latencies.push(performance.now() - started);
+      try {
+        await callOnce();
+        latencies.push(performance.now() - started);
+      } catch {
+        failed++; // counted, and shown in the table
+      }
     }
   }));
-  return { calls: latencies.length, seconds, latencies };
+  return { calls: latencies.length, seconds, latencies, failed };
 }
 
 /** rpcCall(): PER_CALL_CONCURRENCY callers, each opening a connection per call. */
@@ -151,7 +161,7 @@ async function perCallClient(port: number, seconds: number): Promise<Sample> {
   await Promise.all(Array.from({ length: PER_CALL_CONCURRENCY }, async () => {
     while (performance.now() < end) {
       const started = performance.now();
-      const reply = await rpcCall("add", [1, 2], { port, timeoutMs: 10_000 });
+      const reply = await rpcCall("add", [1, 2], { port, timeoutMs: CALL_TIMEOUT_MS });
       if (reply.result !== 3) throw new Error(`wrong reply ${JSON.stringify(reply)}`);
       latencies.push(performance.now() - started);
     }
@@ -239,7 +249,7 @@ const runtimes = (["node", "deno", "bun"] as const)
   .filter((runtime) => values.runtime === undefined || values.runtime.includes(runtime))
   .filter((runtime) => version(runtime) !== undefined);
 console.log(
-  `bench: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from Node ${process.version}; ` +
+  `bench: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from ${thisRuntime()}; ` +
     `servers on ${runtimes.map((runtime) => `${runtime} ${version(runtime)}`).join(", ")}; ` +
     `${ROUNDS} round(s) of ${SECONDS} s per row${values.small ? " (--small: a smoke test)" : ""}`,
 );
@@ -298,19 +308,34 @@ else {
   });
 }
 
-for (const row of rows) await row.load(row.target.port, 0.3); // warm up every JIT involved
-for (let round = 0; round < ROUNDS; round++) {
-  for (const row of rows) {
-    const cpuBefore = cpuSeconds(row.target.pid);
-    const sample = await row.load(row.target.port, SECONDS);
-    row.samples.push({ ...sample, serverCpu: cpuSeconds(row.target.pid) - cpuBefore });
+/** Runs one row's load, and fails loudly rather than wait forever if it never ends. */
+async function measure(row: Row, seconds: number): Promise<Sample> {
+  process.stderr.write(`  ${row.name} (${seconds} s)\n`);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const watchdog = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`${row.name}: still running ${seconds + 15} s after it began`)),
+      (seconds + 15) * 1000,
+    );
+  });
+  const cpuBefore = cpuSeconds(row.target.pid);
+  try {
+    const sample = await Promise.race([row.load(row.target.port, seconds), watchdog]);
+    return { ...sample, serverCpu: cpuSeconds(row.target.pid) - cpuBefore };
+  } finally {
+    clearTimeout(timer);
   }
+}
+
+for (const row of rows) await measure(row, 0.3); // warm up every JIT involved
+for (let round = 0; round < ROUNDS; round++) {
+  for (const row of rows) row.samples.push(await measure(row, SECONDS));
 }
 for (const target of targets) await target.stop();
 
 const byName = new Map(rows.map((row) => [row.name, row]));
-console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor | server CPU | server µs/call |");
-console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor | server CPU | server µs/call | failed |");
+console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
 for (const row of rows) {
   const latencies = row.samples.flatMap((sample) => sample.latencies);
   const floorRow = row.floorRow === undefined ? undefined : byName.get(row.floorRow);
@@ -319,7 +344,9 @@ for (const row of rows) {
     `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ${
       percentile(latencies, 99).toFixed(2)
     } | ${ratio} | ` +
-      `${(100 * cpuShare(row)).toFixed(0)}% | ${cpuPerCall(row).toFixed(2)} |`,
+      `${(100 * cpuShare(row)).toFixed(0)}% | ${cpuPerCall(row).toFixed(2)} | ${
+        row.samples.reduce((n, sample) => n + (sample.failed ?? 0), 0)
+      } |`,
   );
 }
 

@@ -27,16 +27,28 @@ function binary(runtime: "deno" | "bun"): string {
   return existsSync(local) ? local : runtime;
 }
 
+const versions = process.versions as { deno?: string; bun?: string };
+
+/** The runtime running this script, with its version, for the first line of output. */
+export function thisRuntime(): string {
+  if (versions.deno !== undefined) return `Deno ${versions.deno}`;
+  if (versions.bun !== undefined) return `Bun ${versions.bun}`;
+  return `Node ${process.version}`;
+}
+
+/** Node itself: this process when it is Node, else the `node` on PATH. */
+const nodeBinary = versions.deno === undefined && versions.bun === undefined ? process.execPath : "node";
+
 /** The command that runs a TypeScript file on `runtime`. */
 export function command(runtime: Runtime, file: string): [string, string[]] {
   if (runtime === "deno") return [binary("deno"), ["run", "-A", file]];
   if (runtime === "bun") return [binary("bun"), [file]];
-  return [process.execPath, ["--import", "tsx", file]]; // Node 20 needs tsx to read TypeScript
+  return [nodeBinary, ["--import", "tsx", file]]; // Node 20 needs tsx to read TypeScript
 }
 
 /** The runtime's version, or undefined when it cannot be started here. */
 export function version(runtime: Runtime): string | undefined {
-  if (runtime === "node") return process.version;
+  if (runtime === "node") return spawnSync(nodeBinary, ["--version"], { encoding: "utf8" }).stdout.trim();
   const result = spawnSync(binary(runtime), ["--version"], { encoding: "utf8" });
   return result.status === 0 ? result.stdout.split("\n")[0].trim() : undefined;
 }

@@ -21,7 +21,7 @@ import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import { rpcCall } from "../rpc.ts";
-import { type ChildServer, type Runtime, startChild, version } from "./child.ts";
+import { type ChildServer, type Runtime, startChild, thisRuntime, version } from "./child.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -306,7 +306,7 @@ if (runtimeVersion === undefined) {
   process.exit(1);
 }
 console.log(
-  `stress: server on ${runtime} ${runtimeVersion}, driver on Node ${process.version}, ${os.cpus().length} cores, ${
+  `stress: server on ${runtime} ${runtimeVersion}, driver on ${thisRuntime()}, ${os.cpus().length} cores, ${
     os.cpus()[0]?.model ?? "unknown CPU"
   }${small ? " (--small)" : ""}`,
 );
