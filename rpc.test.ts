@@ -772,12 +772,17 @@ describe("connect()", () => {
   test("when the connection drops, every pending call rejects at once", async () => {
     const server = await start({ closeGraceMs: 50 });
     const rpc = await client(server.port, { timeoutMs: 10_000 });
-    const calls = [rpc.call("forever"), rpc.call("forever"), rpc.call("forever")];
+    // allSettled listens to all three at once: they reject together, before a loop could await each.
+    const calls = Promise.allSettled([rpc.call("forever"), rpc.call("forever"), rpc.call("forever")]);
     await delay(20);
     expect(rpc.pending).toBe(3);
     const started = Date.now();
     await server.close();
-    for (const call of calls) await expect(call).rejects.toThrow(`call forever to 127.0.0.1:${server.port} failed`);
+    for (const call of await calls) {
+      expect(call.status === "rejected" && String(call.reason)).toContain(
+        `call forever to 127.0.0.1:${server.port} failed`,
+      );
+    }
     expect(Date.now() - started).toBeLessThan(1000);
     expect(rpc.pending).toBe(0);
     await expect(rpc.call("add", [1, 2])).rejects.toThrow("closed");
