@@ -292,9 +292,9 @@ function createMessageReader(
       }
     }
     if (depth > 0) {
-      // Keep the unfinished message's bytes for the next chunk. Copying the
-      // slice lets the runtime free the rest of the chunk.
-      const rest = chunk.slice(start);
+      // Keep the unfinished message's bytes for the next chunk: a copy, so
+      // the runtime can free the chunk (Buffer's slice() would not copy).
+      const rest = new Uint8Array(chunk.subarray(start));
       checkLength(partsLength + rest.length);
       parts.push(rest);
       partsLength += rest.length;
