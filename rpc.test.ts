@@ -895,6 +895,17 @@ console.log("closed");
     expect(await first.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
   });
 
+  test("close() does not wait for a turned-away client that never hangs up", async () => {
+    const server = await start({ maxConnections: 1, closeGraceMs: 5000 });
+    await openPeer(server.port);
+    await delay(20);
+    const turnedAway = await openPeer(server.port); // half-open: it never ends its side
+    await turnedAway.replies(1);
+    const started = Date.now();
+    await server.close();
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
   test("idleTimeoutMs: a silent connection is closed", async () => {
     const { port } = await start({ idleTimeoutMs: 100 });
     const silent = await openPeer(port);

@@ -614,7 +614,8 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       const message = `server busy: it already has ${maxConnections} connections`;
       log(`Client refused: ${address} (${message})`);
       socket.on("error", (error) => log(`Client ${address} error: ${error.message}`));
-      socket.end(encodeReply(errorResponse(null, ERROR_CODES.SERVER_BUSY, message)));
+      // Destroyed once the reply is out: it is in no list that close() would tidy up.
+      socket.end(encodeReply(errorResponse(null, ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
       return;
     }
     log(`Client connected: ${address}`);
