@@ -939,9 +939,9 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
 
   const writer = createWriter(socket);
 
-  function send(message: Record<string, unknown>): void {
+  function send(request: { jsonrpc: "2.0"; method: string; params?: RpcParams; id?: number }): void {
     if (closedBecause !== undefined) throw closedBecause;
-    writer.write(JSON.stringify({ jsonrpc: "2.0", ...message }) + "\n");
+    writer.write(JSON.stringify(request) + "\n");
   }
 
   const client: RpcClient = {
@@ -954,7 +954,7 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
         }, timeoutMs);
         pending.set(id, { method, resolve, reject, timer });
         try {
-          send({ method, params, id });
+          send({ jsonrpc: "2.0", method, params, id });
         } catch (error) {
           dropConnection(asError(error));
         }
@@ -962,7 +962,7 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
     },
     notify(method, params) {
       try {
-        send({ method, params });
+        send({ jsonrpc: "2.0", method, params });
       } catch (error) {
         throw callError(`notify ${method}`, host, port, asError(error));
       }
