@@ -760,16 +760,30 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-/** Parses one framed reply; throws an Error that says what was wrong with it. */
-function readReply(bytes: Uint8Array): RpcReply {
-  let reply: unknown;
-  try {
-    reply = parseMessage(bytes);
-  } catch (error) {
-    throw new Error(`the reply is not JSON (${errorMessage(error)})`);
-  }
-  if (!isRpcReply(reply)) throw new Error(`the reply is not a JSON-RPC response: ${describe(reply)}`);
-  return reply;
+/**
+ * Reads replies from a client's socket: calls `onReply` with each whole one,
+ * or `onError` when the bytes are not a JSON-RPC reply. Both clients use it;
+ * a reply needs no newline, as the Python lab's server sends none.
+ */
+function readReplies(socket: Socket, onReply: (reply: RpcReply) => void, onError: (error: Error) => void): void {
+  const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
+    let reply: unknown;
+    try {
+      reply = parseMessage(bytes);
+    } catch (error) {
+      onError(new Error(`the reply is not JSON (${errorMessage(error)})`));
+      return;
+    }
+    if (isRpcReply(reply)) onReply(reply);
+    else onError(new Error(`the reply is not a JSON-RPC response: ${describe(reply)}`));
+  });
+  socket.on("data", (chunk: Buffer) => {
+    try {
+      reader.push(chunk);
+    } catch (error) {
+      onError(new Error(`the reply is not JSON (${errorMessage(error)})`));
+    }
+  });
 }
 
 /** The error a client call rejects with: what, where, and why. */
@@ -820,24 +834,9 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
       reject(callError(`rpcCall ${method}`, host, port, cause));
     }
 
-    // The reply is the first whole JSON text, with or without a newline:
-    // the Python lab's server sends none, and closes instead.
-    const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
-      try {
-        succeed(readReply(bytes));
-      } catch (error) {
-        fail(asError(error));
-      }
-    });
-
+    // The reply is the first whole JSON text; then the socket is destroyed.
+    readReplies(socket, succeed, fail);
     socket.on("connect", () => socket.write(request + "\n"));
-    socket.on("data", (chunk: Buffer) => {
-      try {
-        reader.push(chunk);
-      } catch (error) {
-        fail(new Error(`the reply is not JSON (${errorMessage(error)})`));
-      }
-    });
     socket.on("end", () => fail(new Error("the server closed the connection before replying")));
     socket.on("error", (error) => fail(error));
   });
@@ -910,14 +909,7 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
     pending.clear();
   }
 
-  const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
-    let reply: RpcReply;
-    try {
-      reply = readReply(bytes);
-    } catch (error) {
-      dropConnection(asError(error));
-      return;
-    }
+  readReplies(socket, (reply) => {
     // A reply whose id matches no call (it timed out, or the server could
     // not read the id) has no one to go to.
     if (typeof reply.id !== "number") return;
@@ -926,15 +918,7 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
     pending.delete(reply.id);
     clearTimeout(call.timer);
     call.resolve(reply);
-  });
-
-  socket.on("data", (chunk: Buffer) => {
-    try {
-      reader.push(chunk);
-    } catch (error) {
-      dropConnection(new Error(`the reply is not JSON (${errorMessage(error)})`));
-    }
-  });
+  }, dropConnection);
   socket.on("end", () => dropConnection(new Error("the server closed the connection")));
 
   const writer = createWriter(socket);
