@@ -11,19 +11,22 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
+import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import jayson from "jayson";
-import { afterEach, describe, expect, test } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
 import {
   connect,
   ERROR_CODES,
   FUNCTIONS,
   type Functions,
   handleMessage,
+  resultOf,
   rpcCall,
   type RpcClient,
   RpcError,
+  type RpcReply,
   type RpcServer,
   type ServerOptions,
   startServer,
@@ -190,7 +193,7 @@ describe("FUNCTIONS", () => {
 describe("rule 1: framing", () => {
   test("a request with no newline is answered (the Python client sends none)", async () => {
     const { port } = await start();
-    expect(await ask(port, '{"method":"add","params":[1,2]}')).toEqual({ jsonrpc: "2.0", result: 3, id: null });
+    expect(await ask(port, '{"method":"add","params":[1,2]}')).toEqual({ result: 3, error: null, id: null });
   });
 
   test("a message split into one-byte chunks, inside multi-byte characters too, is answered", async () => {
@@ -362,23 +365,148 @@ describe("rule 2: JSON-RPC 2.0 semantics", () => {
 });
 
 // ---------------------------------------------------------------------------
-// Rule 3: the Python lab's requests
+// Rule 3: both versions
 // ---------------------------------------------------------------------------
 
-describe("rule 3: requests without jsonrpc", () => {
-  test("a request without jsonrpc or id is answered, never taken as a notification", async () => {
+/** A JSON-RPC 1.0 error reply: both members, the error a string. */
+const errorReply1 = (message: unknown, id: unknown = null) => ({ result: null, error: message, id });
+
+describe("rule 3: both versions", () => {
+  test("a request without jsonrpc or id (the lab's) gets a 1.0 reply, never taken as a notification", async () => {
     const { port } = await start();
-    expect(await ask(port, '{"method":"multiply","params":[5,6]}')).toEqual({ jsonrpc: "2.0", result: 30, id: null });
+    expect(await ask(port, '{"method":"multiply","params":[5,6]}')).toEqual({ result: 30, error: null, id: null });
   });
 
-  test("a request without jsonrpc keeps its id", async () => {
+  test("a 1.0 request keeps its id", async () => {
     const { port } = await start();
-    expect(await ask(port, '{"method":"add","params":[1,2],"id":"a"}')).toEqual({ jsonrpc: "2.0", result: 3, id: "a" });
+    expect(await ask(port, '{"method":"add","params":[1,2],"id":"a"}')).toEqual({ result: 3, error: null, id: "a" });
   });
 
-  test("its errors have the JSON-RPC 2.0 shape", async () => {
+  test.each([
+    ["an unknown method", '{"method":"divide","params":[10,5],"id":1}', 'method not found: "divide"', 1],
+    ["wrong params", '{"method":"add","params":["a","b"],"id":2}', 'add expects two finite numbers, got ["a","b"]', 2],
+    ["a handler that throws", '{"method":"fail","id":3}', "it broke", 3],
+    ["a handler that rejects", '{"method":"failLater","id":4}', "it broke later", 4],
+    ["a result JSON cannot carry", '{"method":"bigint","id":5}', expect.stringContaining("BigInt"), 5],
+    ["a numeric method", '{"method":1,"id":6}', "method must be a string, got 1", 6],
+    ["an object id", '{"method":"add","params":[1,2],"id":{}}', "id must be a string, number or null, got {}", null],
+  ])("a 1.0 request with %s gets its error as a string, and result null", async (_, message, error, id) => {
     const { port } = await start();
-    expect(await ask(port, '{"method":"divide","params":[10,5]}')).toEqual(errorReply(ERROR_CODES.METHOD_NOT_FOUND));
+    expect(await ask(port, message)).toEqual(errorReply1(error, id));
+  });
+
+  test("a 1.0 request whose id is null is a notification: it runs, and gets no reply", async () => {
+    const calls: unknown[] = [];
+    const { port } = await start({ functions: { ...TEST_FUNCTIONS, record: (x) => calls.push(x) } });
+    const peer = await openPeer(port);
+    await peer.send('{"method":"record","params":["hi"],"id":null}{"method":"add","params":[1,2],"id":9}');
+    expect(await peer.replies(1)).toEqual([{ result: 3, error: null, id: 9 }]);
+    expect(calls).toEqual(["hi"]);
+  });
+
+  test("in a batch (a 2.0 feature) a 1.0 request gets -32600, and the 2.0 requests beside it are answered", async () => {
+    const { port } = await start();
+    const reply = await ask(
+      port,
+      '[{"method":"add","params":[1,2],"id":1},{"jsonrpc":"2.0","method":"add","params":[3,4],"id":2},' +
+        '{"method":"add","params":[5,6]}]',
+    );
+    expect(reply).toEqual([
+      errorReply(ERROR_CODES.INVALID_REQUEST, 1),
+      { jsonrpc: "2.0", result: 7, id: 2 },
+      errorReply(ERROR_CODES.INVALID_REQUEST),
+    ]);
+  });
+
+  test("handleMessage() answers each version in its own shape", async () => {
+    expect(await handleMessage({ method: "add", params: [1, 2], id: 7 })).toEqual({ result: 3, error: null, id: 7 });
+    expect(await handleMessage({ jsonrpc: "2.0", method: "add", params: [1, 2], id: 7 })).toEqual({
+      jsonrpc: "2.0",
+      result: 3,
+      id: 7,
+    });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The specification's own examples (JSON-RPC 2.0, section 7), message texts aside
+// ---------------------------------------------------------------------------
+
+/** The methods section 7 calls: subtract (by position or by name), sum, get_data, and two that only notify. */
+const SPEC_FUNCTIONS: Functions = {
+  subtract: (...params) => {
+    const [a, b] = params;
+    if (typeof a === "object" && a !== null) {
+      const { minuend, subtrahend } = a as { minuend: number; subtrahend: number };
+      return minuend - subtrahend;
+    }
+    return Number(a) - Number(b);
+  },
+  sum: (...params) => params.reduce((total: number, n) => total + Number(n), 0),
+  update: () => {},
+  notify_hello: () => {},
+  get_data: () => ["hello", 5],
+};
+
+const specError = (code: number, id: unknown = null) => ({
+  jsonrpc: "2.0",
+  error: { code, message: expect.any(String) },
+  id,
+});
+
+describe("the JSON-RPC 2.0 specification's examples (section 7)", () => {
+  test.each([
+    ['{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}', { jsonrpc: "2.0", result: 19, id: 1 }],
+    ['{"jsonrpc": "2.0", "method": "subtract", "params": [23, 42], "id": 2}', { jsonrpc: "2.0", result: -19, id: 2 }],
+    [
+      '{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": 3}',
+      { jsonrpc: "2.0", result: 19, id: 3 },
+    ],
+    [
+      '{"jsonrpc": "2.0", "method": "subtract", "params": {"minuend": 42, "subtrahend": 23}, "id": 4}',
+      { jsonrpc: "2.0", result: 19, id: 4 },
+    ],
+    ['{"jsonrpc": "2.0", "method": "foobar", "id": "1"}', specError(ERROR_CODES.METHOD_NOT_FOUND, "1")],
+    ['{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]', specError(ERROR_CODES.PARSE_ERROR)],
+    ['{"jsonrpc": "2.0", "method": 1, "params": "bar"}', specError(ERROR_CODES.INVALID_REQUEST)],
+    [
+      '[\n  {"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},\n  {"jsonrpc": "2.0", "method"\n]',
+      specError(ERROR_CODES.PARSE_ERROR),
+    ],
+    ["[]", specError(ERROR_CODES.INVALID_REQUEST)],
+    ["[1]", [specError(ERROR_CODES.INVALID_REQUEST)]],
+    ["[1,2,3]", [1, 2, 3].map(() => specError(ERROR_CODES.INVALID_REQUEST))],
+    [
+      '[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},' +
+      '{"jsonrpc": "2.0", "method": "notify_hello", "params": [7]},' +
+      '{"jsonrpc": "2.0", "method": "subtract", "params": [42,23], "id": "2"},' +
+      '{"foo": "boo"},' +
+      '{"jsonrpc": "2.0", "method": "foo.get", "params": {"name": "myself"}, "id": "5"},' +
+      '{"jsonrpc": "2.0", "method": "get_data", "id": "9"}]',
+      [
+        { jsonrpc: "2.0", result: 7, id: "1" },
+        { jsonrpc: "2.0", result: 19, id: "2" },
+        specError(ERROR_CODES.INVALID_REQUEST),
+        specError(ERROR_CODES.METHOD_NOT_FOUND, "5"),
+        { jsonrpc: "2.0", result: ["hello", 5], id: "9" },
+      ],
+    ],
+  ])("%s gets the reply the specification shows", async (message, expected) => {
+    const { port } = await start({ functions: SPEC_FUNCTIONS });
+    const peer = await openPeer(port); // no half-close: each reply must come without the client ending
+    await peer.send(message);
+    expect(await peer.replies(1)).toEqual([expected]);
+  });
+
+  test.each([
+    ['{"jsonrpc": "2.0", "method": "update", "params": [1,2,3,4,5]}'],
+    ['{"jsonrpc": "2.0", "method": "foobar"}'],
+    ['[{"jsonrpc": "2.0", "method": "notify_sum", "params": [1,2,4]},{"jsonrpc": "2.0", "method": "notify_hello", "params": [7]}]'],
+  ])("%s (notifications only) gets nothing", async (message) => {
+    const { port } = await start({ functions: SPEC_FUNCTIONS });
+    const peer = await openPeer(port);
+    await peer.send(message, '{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}');
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 19, id: 1 }]);
   });
 });
 
@@ -529,7 +657,7 @@ describe("rule 8: half-close", () => {
     const peer = await openPeer(port);
     await peer.send('{"method":"add","params":[1,2]}');
     peer.socket.end();
-    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: null }]);
+    expect(await peer.replies(1)).toEqual([{ result: 3, error: null, id: null }]);
     await peer.closed();
   });
 
@@ -718,6 +846,48 @@ describe("rpcCall()", () => {
     );
     await rpcCall("add", [1, 2], { port });
     expect(request).toBe('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
+  });
+});
+
+describe("resultOf()", () => {
+  test.each(
+    [
+      ["a 2.0 reply", { jsonrpc: "2.0", result: 3, id: 1 }, 3],
+      ["a 1.0 reply, whose error is null", { result: 42, error: null, id: 0 }, 42],
+      ["a 2.0 reply whose result is null", { jsonrpc: "2.0", result: null, id: 1 }, null],
+      ["the Python lab's reply", { result: 30 }, 30],
+    ] satisfies Array<[string, RpcReply, unknown]>,
+  )("resultOf() returns the result of %s", (_, reply, result) => {
+    expect(resultOf(reply)).toEqual(result);
+  });
+
+  test.each(
+    [
+      ["a 2.0 error", { jsonrpc: "2.0", error: { code: -32601, message: "no", data: [1] }, id: 1 }, -32601, "no", [1]],
+      [
+        "a 1.0 error, a string",
+        { result: null, error: "divide by zero", id: 0 },
+        ERROR_CODES.INTERNAL_ERROR,
+        "divide by zero",
+        undefined,
+      ],
+      ["an error of no known shape", { error: 42 } as unknown as RpcReply, ERROR_CODES.INTERNAL_ERROR, "42", undefined],
+    ] satisfies Array<[string, RpcReply, number, string, unknown]>,
+  )("resultOf() throws an RpcError for %s", (
+    _,
+    reply,
+    code,
+    message,
+    data,
+  ) => {
+    let thrown: unknown;
+    try {
+      resultOf(reply);
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).toBeInstanceOf(RpcError);
+    expect(thrown).toMatchObject({ code, message, data });
   });
 });
 
@@ -932,11 +1102,19 @@ function runTypeScript(file: string): [string, string[]] {
 // Properties: fast-check generates the inputs, hundreds of them
 // ---------------------------------------------------------------------------
 
-/** True for a reply of the JSON-RPC 2.0 shape: jsonrpc, id, and one of result/error. */
+/**
+ * True for a reply of either version's shape. 2.0: jsonrpc, id, and one of result and error (an object with a
+ * code). 1.0: exactly result, error and id, the error a string or null, and result null when error is not.
+ */
 function isResponseShape(value: unknown): boolean {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
   const reply = value as Record<string, unknown>;
   const idOk = reply.id === null || typeof reply.id === "string" || typeof reply.id === "number";
+  if (!("jsonrpc" in reply)) {
+    const keys = Object.keys(reply).sort().join();
+    const errorOk = reply.error === null || (typeof reply.error === "string" && reply.result === null);
+    return keys === "error,id,result" && idOk && errorOk;
+  }
   const error = reply.error as Record<string, unknown> | undefined;
   const errorOk = error !== undefined && Number.isInteger(error.code) && typeof error.message === "string";
   return reply.jsonrpc === "2.0" && idOk && ("result" in reply !== "error" in reply) && ("result" in reply || errorOk);
@@ -957,7 +1135,10 @@ const trickyText = fc.string({
   maxLength: 12,
 });
 
-const callArbitrary: fc.Arbitrary<(id: number) => GeneratedCall> = fc.oneof(
+/** Makes one call, given its id and whether it goes in a batch (where only 2.0 requests belong). */
+type CallMaker = (id: number, inBatch: boolean) => GeneratedCall;
+
+const callArbitrary: fc.Arbitrary<CallMaker> = fc.oneof(
   fc.tuple(fc.integer(), fc.integer()).map(([a, b]) => (id: number) => ({
     request: { jsonrpc: "2.0", method: "add", params: [a, b], id },
     reply: { jsonrpc: "2.0", result: a + b, id },
@@ -966,10 +1147,14 @@ const callArbitrary: fc.Arbitrary<(id: number) => GeneratedCall> = fc.oneof(
     request: { jsonrpc: "2.0", method: "echo", params: [text], id },
     reply: { jsonrpc: "2.0", result: [text], id },
   })),
-  fc.tuple(fc.integer(), fc.integer()).map(([a, b]) => (id: number) => ({
-    request: { method: "multiply", params: [a, b], id }, // the lab's shape, with an id
-    reply: { jsonrpc: "2.0", result: a * b, id },
-  })),
+  fc.tuple(fc.integer(), fc.integer()).map(([a, b]) => (id: number, inBatch: boolean) =>
+    inBatch
+      ? {
+        request: { jsonrpc: "2.0", method: "multiply", params: [a, b], id },
+        reply: { jsonrpc: "2.0", result: a * b, id },
+      }
+      : { request: { method: "multiply", params: [a, b], id }, reply: { result: a * b, error: null, id } } // 1.0
+  ),
   trickyText.map((text) => () => ({
     request: { jsonrpc: "2.0", method: "echo", params: [text] }, // a notification
   })),
@@ -988,7 +1173,7 @@ const streamArbitrary = fc.array(
   let text = "";
   const expected: unknown[] = [];
   for (const [makers, asBatch, separator] of messages) {
-    const calls = (asBatch ? makers : makers.slice(0, 1)).map((make) => make(id++));
+    const calls = (asBatch ? makers : makers.slice(0, 1)).map((make) => make(id++, asBatch));
     const replies = calls.flatMap((call) => (call.reply === undefined ? [] : [call.reply]));
     text += JSON.stringify(asBatch ? calls.map((call) => call.request) : calls[0].request) + separator;
     if (asBatch && replies.length > 0) expected.push(replies);
@@ -1090,10 +1275,11 @@ describe.skipIf(!hasSeed)(`the Python lab (${hasSeed ? "found" : "SKIPPED: needs
     child.stdout.on("data", (chunk) => (output += chunk));
     const [code] = await once(child, "exit");
     expect(code).toBe(0);
-    expect(output).toContain(
-      "{'jsonrpc': '2.0', 'result': 30, 'id': None}\n\nCalling multiply(5, 6)\n{'jsonrpc': '2.0', 'result': 30, 'id': None}",
+    expect(output).toBe(
+      "Calling add(10, 20)\n{'result': 30, 'error': None, 'id': None}\n\n" +
+        "Calling multiply(5, 6)\n{'result': 30, 'error': None, 'id': None}\n\n" +
+        "Calling a non-existing function:\n{'result': None, 'error': 'method not found: \"divide\"', 'id': None}\n",
     );
-    expect(output).toContain("'code': -32601");
   });
 
   test("rpcCall() gets its answers from the Python server", async () => {
@@ -1114,6 +1300,81 @@ async function freePort(): Promise<number> {
   if (address === null || typeof address === "string") throw new Error("no port");
   return address.port;
 }
+
+const hasGo = spawnSync("go", ["version"]).status === 0;
+
+/** Builds one of the Go programs in test/go into a temporary folder, and returns its path. */
+function buildGo(name: "client" | "server", dir: string): string {
+  const binary = join(dir, name);
+  const source = fileURLToPath(new URL(`./test/go/${name}/main.go`, import.meta.url));
+  const built = spawnSync("go", ["build", "-o", binary, source], { encoding: "utf8" });
+  if (built.status !== 0) throw new Error(`go build ${name} failed: ${built.stderr}`);
+  return binary;
+}
+
+describe.skipIf(!hasGo)(`Go's net/rpc/jsonrpc, a JSON-RPC 1.0 peer (${hasGo ? "found" : "SKIPPED: needs go"})`, () => {
+  const dir = mkdtempSync(join(tmpdir(), "rpc-go-"));
+  let lines: string[] = [];
+  let goServerPort = 0;
+  let goServer: ChildProcess | undefined;
+
+  beforeAll(async () => {
+    const [clientBinary, serverBinary] = [buildGo("client", dir), buildGo("server", dir)];
+    // Go's client against our server, once; the tests below read what it printed.
+    const ours = await startServer({
+      port: 0,
+      functions: { "Arith.Multiply": (args) => (args as { A: number }).A * (args as { B: number }).B },
+    });
+    const run = spawn(clientBinary, [String(ours.port)]);
+    let output = "";
+    run.stdout.on("data", (chunk) => (output += chunk));
+    await once(run, "exit");
+    await ours.close();
+    lines = output.split("\n");
+    // Go's server, for our clients to call.
+    goServer = spawn(serverBinary);
+    const [line] = await once(createInterface({ input: goServer.stdout! }), "line");
+    goServerPort = Number(String(line).split(" ")[1]);
+  }, 60_000);
+  afterAll(() => {
+    goServer?.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("Go's client gets a result from our server", () => {
+    expect(lines).toContain("multiply: 42 <nil>");
+  });
+
+  test("Go's client reads an unknown method as an error", () => {
+    expect(lines).toContain('unknown method: method not found: "Arith.Nope"');
+  });
+
+  test("Go's client calls again on the same connection after that error", () => {
+    expect(lines).toContain("after the error: 12 <nil>");
+  });
+
+  test("Go's client gets 200 concurrent calls on one connection right", () => {
+    expect(lines).toContain("concurrent: 200 of 200 right");
+  });
+
+  test("rpcCall() gets a result and an error from Go's server", async () => {
+    const port = goServerPort;
+    expect(await rpcCall("Arith.Multiply", [{ A: 6, B: 7 }], { port })).toEqual({ id: 1, result: 42, error: null });
+    expect(await rpcCall("Arith.Divide", [{ A: 1, B: 0 }], { port })).toEqual({
+      id: 1,
+      result: null,
+      error: "divide by zero",
+    });
+  });
+
+  test("connect() gets a result and an error from Go's server, and resultOf() reads both", async () => {
+    const rpc = await client(goServerPort);
+    expect(resultOf(await rpc.call("Arith.Multiply", [{ A: 6, B: 7 }]))).toBe(42);
+    const reply = await rpc.call("Arith.Divide", [{ A: 1, B: 0 }]);
+    expect(() => resultOf(reply)).toThrow(new RpcError(ERROR_CODES.INTERNAL_ERROR, "divide by zero"));
+    expect(resultOf(await rpc.call("Arith.Divide", [{ A: 12, B: 4 }]))).toBe(3);
+  });
+});
 
 describe("jayson, a JSON-RPC 2.0 library from npm", () => {
   test("its TCP client calls our server", async () => {

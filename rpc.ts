@@ -5,8 +5,10 @@
  * to back. A request is `{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}`
  * and its reply is one line, `{"jsonrpc":"2.0","result":3,"id":1}\n`. A newline
  * after a request is welcome but never needed: the end of a message is where
- * its outermost bracket closes. Requests without `"jsonrpc"`, as the Python
- * lab sends them (`{"method":"add","params":[1,2]}`), are answered too.
+ * its outermost bracket closes. Requests without `"jsonrpc"` are JSON-RPC 1.0,
+ * as the Python lab and Go's standard library send them
+ * (`{"method":"add","params":[1,2]}`), and get 1.0 replies
+ * (`{"result":3,"error":null,"id":null}`).
  *
  * The same file runs, unchanged, on:
  *
@@ -59,23 +61,30 @@ export interface RpcErrorObject {
   data?: JsonValue;
 }
 
-/** A reply as this server sends it: exactly one of `result` and `error`. */
+/**
+ * A reply as this server sends it, in the version of the request. JSON-RPC
+ * 2.0: `jsonrpc` and exactly one of `result` and `error` (an object).
+ * JSON-RPC 1.0: both `result` and `error`, one of them null, the error a string.
+ */
 export type RpcResponse =
   | { jsonrpc: "2.0"; result: unknown; id: RpcId }
-  | { jsonrpc: "2.0"; error: RpcErrorObject; id: RpcId };
+  | { jsonrpc: "2.0"; error: RpcErrorObject; id: RpcId }
+  | { result: unknown; error: string | null; id: RpcId };
 
 /**
  * A reply as {@linkcode rpcCall} resolves it. From a JSON-RPC 2.0 server it
- * has `jsonrpc`, `id` and one of `result`/`error`; the Python lab's server
- * sends only `{"result": ...}` or `{"error": "some text"}`.
+ * has `jsonrpc`, `id` and one of `result`/`error`; a 1.0 server (Go's) sends
+ * `result`, `error` and `id`, with `"error": null` on success; the Python
+ * lab's server sends only `{"result": ...}` or `{"error": "some text"}`.
+ * {@linkcode resultOf} reads them all.
  */
 export interface RpcReply {
-  /** `"2.0"`, absent from the Python lab's replies. */
+  /** `"2.0"`, absent from 1.0 replies and the Python lab's. */
   jsonrpc?: "2.0";
   /** The method's return value, when the call succeeded. */
   result?: unknown;
-  /** Why the call failed: an object from JSON-RPC 2.0, a string from the lab. */
-  error?: RpcErrorObject | string;
+  /** Why the call failed: an object from JSON-RPC 2.0, a string from 1.0; null or absent on success. */
+  error?: RpcErrorObject | string | null;
   /** The id of the request this answers. */
   id?: RpcId;
 }
@@ -254,6 +263,9 @@ function createMessageReader(
   let parts: Uint8Array[] = []; // earlier chunks of the unfinished message
   let partsLength = 0;
   let depth = 0; // open brackets not yet closed; 0 means between messages
+  // The closer each open bracket expects: a `]` where a `}` belongs can
+  // never be mended by later bytes, so it is an error now, not a long wait.
+  const closers = new Uint8Array(MAX_DEPTH + 1);
   let inString = false;
   let escaped = false; // the previous byte was a backslash inside a string
 
@@ -270,6 +282,7 @@ function createMessageReader(
         }
         start = i;
         depth = 1;
+        closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
       } else if (inString) {
         if (escaped) escaped = false;
         else if (byte === BACKSLASH) escaped = true;
@@ -279,7 +292,11 @@ function createMessageReader(
       } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
         depth++;
         if (depth > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
+        closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
       } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
+        if (byte !== closers[depth]) {
+          throw new SyntaxError(`expected ${String.fromCharCode(closers[depth])}, got ${String.fromCharCode(byte)}`);
+        }
         depth--;
         if (depth === 0) {
           const tail = chunk.subarray(start, i + 1);
@@ -336,10 +353,35 @@ export interface HandleOptions {
   maxBatchLength?: number;
 }
 
-/** Builds an error reply. */
-function errorResponse(id: RpcId, code: number, message: string, data?: JsonValue): RpcResponse {
-  const error: RpcErrorObject = data === undefined ? { code, message } : { code, message, data };
-  return { jsonrpc: "2.0", error, id };
+/**
+ * The two versions of JSON-RPC this server speaks, told apart as the 2.0
+ * specification suggests: a 2.0 request always has `"jsonrpc": "2.0"`, and a
+ * 1.0 request (the Python lab's, Go's) never has a `jsonrpc` member.
+ */
+type Version = "1.0" | "2.0";
+
+/** Builds an error object, with `data` only when there is some. */
+function errorObject(code: number, message: string, data?: JsonValue): RpcErrorObject {
+  return data === undefined ? { code, message } : { code, message, data };
+}
+
+/** A reply that carries a result, in the request's version. */
+function resultResponse(version: Version, id: RpcId, result: unknown): RpcResponse {
+  return version === "2.0" ? { jsonrpc: "2.0", result, id } : { result, error: null, id };
+}
+
+/**
+ * A reply that carries an error, in the request's version. 1.0 leaves the
+ * error's shape open; the Python lab and Go's client expect a string, and Go's
+ * client shuts the whole connection on anything else.
+ */
+function errorResponse(version: Version, id: RpcId, error: RpcErrorObject): RpcResponse {
+  return version === "2.0" ? { jsonrpc: "2.0", error, id } : { result: null, error: error.message, id };
+}
+
+/** An error about a message whose requests could not be read: no id, no version, so 2.0. */
+function messageError(code: number, message: string): RpcResponse {
+  return errorResponse("2.0", null, errorObject(code, message));
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
@@ -351,69 +393,66 @@ function isRpcId(value: unknown): value is RpcId {
 }
 
 /** True for errors that carry a JSON-RPC code, such as {@linkcode RpcError}. */
-/** True for an object with a `result` or an `error`: the least a reply must have. */
-function isRpcReply(value: unknown): value is RpcReply {
-  return isPlainObject(value) && (Object.hasOwn(value, "result") || Object.hasOwn(value, "error"));
-}
-
 function hasRpcCode(error: unknown): error is RpcErrorObject {
   return typeof error === "object" && error !== null &&
     "code" in error && Number.isInteger(error.code) &&
     "message" in error && typeof error.message === "string";
 }
 
-/** Answers one request object; resolves to undefined for a notification. */
-async function handleRequest(request: unknown, functions: Functions): Promise<RpcResponse | undefined> {
+/**
+ * Answers one request object; resolves to undefined for a notification.
+ * `inBatch`: batches are a 2.0 feature, so every request in one must be 2.0.
+ */
+async function handleRequest(
+  request: unknown,
+  functions: Functions,
+  inBatch: boolean,
+): Promise<RpcResponse | undefined> {
   if (!isPlainObject(request)) {
-    return errorResponse(null, ERROR_CODES.INVALID_REQUEST, `expected a request object, got ${describe(request)}`);
+    return messageError(ERROR_CODES.INVALID_REQUEST, `expected a request object, got ${describe(request)}`);
   }
   const { jsonrpc, method, params } = request;
+  const version: Version = inBatch || Object.hasOwn(request, "jsonrpc") ? "2.0" : "1.0";
   const hasId = Object.hasOwn(request, "id");
-  const id = hasId ? request.id : null;
-  if (!isRpcId(id)) {
-    return errorResponse(null, ERROR_CODES.INVALID_REQUEST, `id must be a string, number or null, got ${describe(id)}`);
+  const id = hasId && isRpcId(request.id) ? request.id : null;
+  const fail = (code: number, message: string) => errorResponse(version, id, errorObject(code, message));
+  if (hasId && !isRpcId(request.id)) {
+    return fail(ERROR_CODES.INVALID_REQUEST, `id must be a string, number or null, got ${describe(request.id)}`);
   }
-  if (jsonrpc !== undefined && jsonrpc !== "2.0") {
-    return errorResponse(id, ERROR_CODES.INVALID_REQUEST, `jsonrpc must be "2.0", got ${describe(jsonrpc)}`);
+  if (version === "2.0" && jsonrpc !== "2.0") {
+    return fail(ERROR_CODES.INVALID_REQUEST, `jsonrpc must be "2.0", got ${describe(jsonrpc)}`);
   }
   if (typeof method !== "string") {
-    return errorResponse(id, ERROR_CODES.INVALID_REQUEST, `method must be a string, got ${describe(method)}`);
+    return fail(ERROR_CODES.INVALID_REQUEST, `method must be a string, got ${describe(method)}`);
   }
   let args: unknown[];
   if (params === undefined) args = [];
   else if (Array.isArray(params)) args = params;
   else if (isPlainObject(params)) args = [params];
-  else {
-    return errorResponse(
-      id,
-      ERROR_CODES.INVALID_REQUEST,
-      `params must be an array or an object, got ${describe(params)}`,
-    );
-  }
-  // The lab's requests have no "jsonrpc" member and still expect an answer,
-  // so only a 2.0 request without an id is a notification.
-  const isNotification = jsonrpc === "2.0" && !hasId;
+  else return fail(ERROR_CODES.INVALID_REQUEST, `params must be an array or an object, got ${describe(params)}`);
+  // A notification gets no reply. In 2.0 it is a request without an id; in
+  // 1.0 one whose id is null. The lab's requests have no id at all, and are answered.
+  const isNotification = version === "2.0" ? !hasId : hasId && id === null;
 
   // Object.hasOwn, not `method in functions`: "constructor" or "__proto__"
   // must not reach the prototype's functions.
   const fn = Object.hasOwn(functions, method) ? functions[method] : undefined;
   if (typeof fn !== "function") {
-    if (isNotification) return undefined;
-    return errorResponse(id, ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`);
+    return isNotification ? undefined : fail(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`);
   }
   try {
     const result = await fn(...args);
     if (isNotification) return undefined;
     if (typeof result === "number" && !Number.isFinite(result)) {
       // JSON.stringify would quietly send null for these.
-      return errorResponse(id, ERROR_CODES.INTERNAL_ERROR, `${method} returned ${result}, which JSON cannot carry`);
+      return fail(ERROR_CODES.INTERNAL_ERROR, `${method} returned ${result}, which JSON cannot carry`);
     }
-    return { jsonrpc: "2.0", result: result === undefined ? null : result, id };
+    return resultResponse(version, id, result === undefined ? null : result);
   } catch (error) {
     if (isNotification) return undefined;
-    if (hasRpcCode(error)) return errorResponse(id, error.code, error.message, error.data);
+    if (hasRpcCode(error)) return errorResponse(version, id, errorObject(error.code, error.message, error.data));
     // The message only: a stack trace would show the caller our insides.
-    return errorResponse(id, ERROR_CODES.INTERNAL_ERROR, errorMessage(error));
+    return fail(ERROR_CODES.INTERNAL_ERROR, errorMessage(error));
   }
 }
 
@@ -439,19 +478,16 @@ export async function handleMessage(
   options: HandleOptions = {},
 ): Promise<RpcResponse | RpcResponse[] | undefined> {
   const { functions = FUNCTIONS, maxBatchLength = 1000 } = options;
-  if (!Array.isArray(message)) return handleRequest(message, functions);
+  if (!Array.isArray(message)) return handleRequest(message, functions, false);
   if (message.length === 0) {
-    return errorResponse(null, ERROR_CODES.INVALID_REQUEST, "a batch must hold at least one request, got []");
+    return messageError(ERROR_CODES.INVALID_REQUEST, "a batch must hold at least one request, got []");
   }
   if (message.length > maxBatchLength) {
-    return errorResponse(
-      null,
-      ERROR_CODES.INVALID_REQUEST,
-      `a batch may hold at most ${maxBatchLength} requests, got ${message.length}`,
-    );
+    const text = `a batch may hold at most ${maxBatchLength} requests, got ${message.length}`;
+    return messageError(ERROR_CODES.INVALID_REQUEST, text);
   }
   // Every request in the batch runs at once; the reply waits for all of them.
-  const replies = await Promise.all(message.map((request) => handleRequest(request, functions)));
+  const replies = await Promise.all(message.map((request) => handleRequest(request, functions, true)));
   const sent = replies.filter((reply) => reply !== undefined);
   return sent.length > 0 ? sent : undefined;
 }
@@ -461,9 +497,10 @@ function encodeResponse(response: RpcResponse): string {
   try {
     return JSON.stringify(response);
   } catch (error) {
-    // A BigInt or a cycle in the result: say so, instead of crashing.
+    // A BigInt or a cycle in the result: say so, in the reply's own version.
+    const version = "jsonrpc" in response ? "2.0" : "1.0";
     const message = `result cannot be sent as JSON: ${errorMessage(error)}`;
-    return JSON.stringify(errorResponse(response.id, ERROR_CODES.INTERNAL_ERROR, message));
+    return JSON.stringify(errorResponse(version, response.id, errorObject(ERROR_CODES.INTERNAL_ERROR, message)));
   }
 }
 
@@ -615,7 +652,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       log(`Client refused: ${address} (${message})`);
       socket.on("error", (error) => log(`Client ${address} error: ${error.message}`));
       // Destroyed once the reply is out: it is in no list that close() would tidy up.
-      socket.end(encodeReply(errorResponse(null, ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
+      socket.end(encodeReply(messageError(ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
       return;
     }
     log(`Client connected: ${address}`);
@@ -648,7 +685,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     /** Answers once, then stops reading: after this input the stream cannot be trusted. */
     function refuse(code: number, message: string): void {
       log(`Client ${address}: ${message}; closing`);
-      send(errorResponse(null, code, message));
+      send(messageError(code, message));
       reading = false;
       endIfDone();
     }
@@ -658,7 +695,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       try {
         message = parseMessage(bytes);
       } catch (error) {
-        send(errorResponse(null, ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
+        send(messageError(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
         return;
       }
       inFlight++;
@@ -682,7 +719,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     socket.on("drain", () => socket.resume());
     socket.on("end", () => {
       if (reading && reader.hasPartial()) {
-        send(errorResponse(null, ERROR_CODES.PARSE_ERROR, "parse error: the connection ended inside a message"));
+        send(messageError(ERROR_CODES.PARSE_ERROR, "parse error: the connection ended inside a message"));
       }
       reading = false;
       endIfDone();
@@ -760,6 +797,11 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
+/** True for an object with a `result` or an `error`: the least a reply must have. */
+function isRpcReply(value: unknown): value is RpcReply {
+  return isPlainObject(value) && (Object.hasOwn(value, "result") || Object.hasOwn(value, "error"));
+}
+
 /**
  * Reads replies from a client's socket: calls `onReply` with each whole one,
  * or `onError` when the bytes are not a JSON-RPC reply. Both clients use it;
@@ -789,6 +831,31 @@ function readReplies(socket: Socket, onReply: (reply: RpcReply) => void, onError
 /** The error a client call rejects with: what, where, and why. */
 function callError(what: string, host: string, port: number, cause: Error): Error {
   return new Error(`${what} to ${host}:${port} failed: ${cause.message}`, { cause });
+}
+
+/**
+ * Turns a reply into what a local call would give: its result, or a thrown
+ * {@linkcode RpcError}. It reads both versions: `"error": null` (JSON-RPC 1.0,
+ * as Go's server sends it) means success, and a string error (1.0, the Python
+ * lab's) becomes an RpcError with code -32603, `INTERNAL_ERROR`, because 1.0
+ * errors carry no code.
+ *
+ * @param reply A reply, as {@linkcode rpcCall} or a client's `call()` resolve it.
+ * @returns The reply's `result`.
+ * @throws {RpcError} When the reply carries an error; with its code, message and data.
+ *
+ * @example
+ * ```ts
+ * import { resultOf, rpcCall } from "./rpc.ts";
+ *
+ * console.log(resultOf(await rpcCall("add", [1, 2]))); // 3
+ * ```
+ */
+export function resultOf(reply: RpcReply): unknown {
+  const { error } = reply;
+  if (error === undefined || error === null) return reply.result;
+  if (hasRpcCode(error)) throw new RpcError(error.code, error.message, error.data);
+  throw new RpcError(ERROR_CODES.INTERNAL_ERROR, typeof error === "string" ? error : describe(error));
 }
 
 /** The params a call may carry: positional (an array) or named (an object). */
