@@ -4,7 +4,7 @@
  * (`deno run -A npm:vitest run`) and Bun (`bun --bun vitest run`).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
+import { getEventListeners, once } from "node:events";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -15,7 +15,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import jayson from "jayson";
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
 import {
   connect,
   ERROR_CODES,
@@ -849,6 +849,71 @@ describe("rpcCall()", () => {
   });
 });
 
+/**
+ * A bare server that answers `add` and ignores every other method. It sets no
+ * timers (Bun's socket.setTimeout is a global timer), so tests can count the client's.
+ */
+function addOnlyServer(): Promise<number> {
+  return fakeServer((socket) => {
+    let text = "";
+    socket.setEncoding("utf8");
+    socket.on("data", (chunk: string) => {
+      const lines = (text + chunk).split("\n");
+      text = lines.pop() ?? "";
+      for (const line of lines) {
+        const { method, params, id } = JSON.parse(line);
+        if (method === "add") {
+          socket.write(JSON.stringify({ jsonrpc: "2.0", result: params[0] + params[1], id }) + "\n");
+        }
+      }
+    });
+  });
+}
+
+describe("rpcCall() with an AbortSignal", () => {
+  test("an aborted signal rejects at once with its reason, and opens no connection", async () => {
+    let connections = 0;
+    const port = await fakeServer(() => connections++);
+    const reason = new Error("not wanted any more");
+    await expect(rpcCall("add", [1, 2], { port, signal: AbortSignal.abort(reason) })).rejects.toBe(reason);
+    await delay(50);
+    expect(connections).toBe(0);
+  });
+
+  test("aborting rejects at once with the signal's reason, and closes the socket", async () => {
+    let clientClosed = false;
+    const port = await fakeServer((socket) => {
+      socket.resume();
+      socket.on("close", () => (clientClosed = true));
+    });
+    const controller = new AbortController();
+    const call = rpcCall("add", [1, 2], { port, signal: controller.signal, timeoutMs: 10_000 });
+    await delay(50);
+    const reason = new Error("the user pressed Cancel");
+    const started = Date.now();
+    controller.abort(reason);
+    await expect(call).rejects.toBe(reason);
+    expect(Date.now() - started).toBeLessThan(100);
+    await waitFor(() => clientClosed, "the client to close its socket");
+  });
+
+  test("a call that settles leaves no timer and no listener on the signal", async () => {
+    const port = await addOnlyServer();
+    const controller = new AbortController();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      await rpcCall("add", [1, 2], { port, signal: controller.signal });
+      const aborted = rpcCall("forever", [], { port, signal: controller.signal });
+      controller.abort();
+      await expect(aborted).rejects.toThrow();
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(getEventListeners(controller.signal, "abort")).toHaveLength(0);
+  });
+});
+
 describe("resultOf()", () => {
   test.each(
     [
@@ -968,6 +1033,45 @@ describe("connect()", () => {
     expect(() => rpc.notify("add", [1, 2])).toThrow("closed");
   });
 
+  test("an aborted call rejects at once with the signal's reason; nothing is left pending and the next call works", async () => {
+    const { port } = await start();
+    const rpc = await client(port, { timeoutMs: 10_000 });
+    const controller = new AbortController();
+    const call = rpc.call("forever", [], { signal: controller.signal });
+    expect(rpc.pending).toBe(1);
+    const reason = new Error("gave up");
+    controller.abort(reason);
+    await expect(call).rejects.toBe(reason);
+    expect(rpc.pending).toBe(0);
+    expect(await rpc.call("add", [1, 2])).toMatchObject({ result: 3 });
+  });
+
+  test("a call with an already aborted signal is never sent", async () => {
+    const calls: unknown[] = [];
+    const { port } = await start({ functions: { ...TEST_FUNCTIONS, record: (x) => calls.push(x) } });
+    const rpc = await client(port);
+    await expect(rpc.call("record", ["x"], { signal: AbortSignal.abort() })).rejects.toThrow();
+    expect(await rpc.call("add", [1, 2])).toMatchObject({ result: 3 });
+    expect(calls).toEqual([]);
+  });
+
+  test("answered and aborted calls leave no timer, and no listener on the signal", async () => {
+    const port = await addOnlyServer();
+    const rpc = await client(port, { timeoutMs: 60_000 });
+    const controller = new AbortController();
+    vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout"] });
+    try {
+      await Promise.all([rpc.call("add", [1, 2], { signal: controller.signal }), rpc.call("add", [3, 4])]);
+      const aborted = rpc.call("forever", [], { signal: controller.signal });
+      controller.abort();
+      await expect(aborted).rejects.toThrow();
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(getEventListeners(controller.signal, "abort")).toHaveLength(0);
+  });
+
   test("connect() to a closed port rejects naming the address and the cause", async () => {
     const port = await freePort();
     await expect(connect({ port })).rejects.toThrow(
@@ -975,6 +1079,114 @@ describe("connect()", () => {
     );
   });
 });
+
+// ---------------------------------------------------------------------------
+// The client stub: remote calls that read like local ones
+// ---------------------------------------------------------------------------
+
+interface Calculator {
+  add(a: number, b: number): number;
+  multiply(a: number, b: number): number;
+  coded(): never;
+}
+
+describe("stub()", () => {
+  test("stub() calls a method by its name and resolves to its result", async () => {
+    const { port } = await start();
+    const calc = (await client(port)).stub<Calculator>();
+    expect(await calc.add(1, 2)).toBe(3);
+    expect(await Promise.all([calc.multiply(2, 3), calc.add(4, 5)])).toEqual([6, 9]);
+  });
+
+  test("stub() rejects with an RpcError carrying the reply's code, message and data", async () => {
+    const { port } = await start();
+    const calc = (await client(port)).stub<Calculator>();
+    const error = await calc.coded().catch((thrown: unknown) => thrown);
+    expect(error).toBeInstanceOf(RpcError);
+    expect(error).toMatchObject({ code: -32001, message: "custom failure", data: { detail: 42 } });
+  });
+
+  test("awaiting the stub, or reading then, toJSON or a symbol from it, sends no call", async () => {
+    const { port } = await start();
+    const rpc = await client(port);
+    const calc = rpc.stub<Calculator>();
+    expect(await calc).toBe(calc);
+    const untyped = calc as unknown as Record<string | symbol, unknown>;
+    expect([untyped.then, untyped.toJSON, untyped[Symbol.iterator], untyped[Symbol.toPrimitive]]).toEqual([
+      undefined,
+      undefined,
+      undefined,
+      undefined,
+    ]);
+    expect(JSON.stringify(calc)).toBe("{}");
+    expect(rpc.pending).toBe(0);
+  });
+
+  test("stub() works with a JSON-RPC 1.0 reply: error null is success, a string error rejects", async () => {
+    const port = await fakeServer((socket) =>
+      socket.on("data", (chunk) => {
+        const { id, method } = JSON.parse(String(chunk));
+        const reply = method === "add" ? { id, result: 3, error: null } : { id, result: null, error: "no such thing" };
+        socket.write(JSON.stringify(reply) + "\n");
+      })
+    );
+    const calc = (await client(port)).stub<Calculator>();
+    expect(await calc.add(1, 2)).toBe(3);
+    await expect(calc.multiply(1, 2)).rejects.toThrow(new RpcError(ERROR_CODES.INTERNAL_ERROR, "no such thing"));
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The wire view and two machines
+// ---------------------------------------------------------------------------
+
+describe("startServer({ trace })", () => {
+  test("trace is told every message in and every reply out, with the connection's address", async () => {
+    const lines: string[][] = [];
+    const { port } = await start({ trace: (arrow, address, text) => lines.push([arrow, address, text]) });
+    const peer = await openPeer(port);
+    await peer.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n{"jsonrpc":"2.0","method":"add"}{oops}');
+    await peer.replies(2);
+    const address = `127.0.0.1:${peer.socket.localPort}`;
+    expect(lines.slice(0, 3)).toEqual([
+      ["-->", address, '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}'],
+      ["-->", address, '{"jsonrpc":"2.0","method":"add"}'],
+      ["-->", address, "{oops}"],
+    ]);
+    expect(lines.slice(3)).toHaveLength(2); // replies in the order they were ready
+    expect(lines.slice(3)).toEqual(expect.arrayContaining([
+      ["<--", address, '{"jsonrpc":"2.0","result":3,"id":1}'],
+      ["<--", address, expect.stringContaining('"code":-32700')],
+    ]));
+  });
+});
+
+/** True when this machine answers on 127.0.0.2 as well as 127.0.0.1 (Linux does; macOS does not unless told). */
+function answersOn127002(): Promise<boolean> {
+  const probe = createServer();
+  return new Promise((resolve) => {
+    probe.once("error", () => resolve(false));
+    probe.listen(0, "127.0.0.2", () => probe.close(() => resolve(true)));
+  });
+}
+const hasSecondLoopback = await answersOn127002();
+
+describe.skipIf(!hasSecondLoopback)(
+  `two machines, with 127.0.0.2 standing in for the other (${
+    hasSecondLoopback ? "found" : "SKIPPED: 127.0.0.2 does not answer here"
+  })`,
+  () => {
+    test("a server on 0.0.0.0 answers a client that dials 127.0.0.2", async () => {
+      const { port } = await start({ host: "0.0.0.0" });
+      expect(await rpcCall("add", [1, 2], { host: "127.0.0.2", port })).toMatchObject({ result: 3 });
+    });
+
+    test("a server on 127.0.0.1 (the default) does not", async () => {
+      const { port } = await start();
+      await expect(rpcCall("add", [1, 2], { host: "127.0.0.2", port })).rejects.toThrow("ECONNREFUSED");
+    });
+  },
+);
 
 // ---------------------------------------------------------------------------
 // Lifecycle and connection limits

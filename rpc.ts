@@ -567,6 +567,13 @@ export interface ServerOptions extends HandleOptions {
    */
   log?: (line: string) => void;
   /**
+   * Told every message that arrives (`"-->"`, its text as received) and every
+   * reply sent (`"<--"`, its JSON), with the connection's address: a view of
+   * the wire, for watching marshalling happen.
+   * @default {undefined} (nothing is traced)
+   */
+  trace?: (arrow: "-->" | "<--", address: string, text: string) => void;
+  /**
    * The longest message accepted, in bytes. A longer one gets one -32600
    * reply with id null, and its connection is closed.
    * @default {1048576} (1 MiB)
@@ -633,6 +640,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     host = "127.0.0.1",
     functions = FUNCTIONS,
     log = () => {},
+    trace,
     maxMessageBytes = 1024 * 1024,
     maxBatchLength = 1000,
     maxConnections = 1000,
@@ -669,7 +677,10 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     const writer = createWriter(socket, () => socket.pause());
 
     function send(reply: RpcResponse | RpcResponse[]): void {
-      if (socket.writable) writer.write(encodeReply(reply)); // else the client has gone: nobody to tell
+      if (!socket.writable) return; // the client has gone: nobody to tell
+      const text = encodeReply(reply);
+      trace?.("<--", address, text.slice(0, -1));
+      writer.write(text);
     }
 
     /** Ends our side once no more requests will be read and all are answered. */
@@ -691,6 +702,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     }
 
     const reader = createMessageReader(maxMessageBytes, (bytes) => {
+      trace?.("-->", address, Buffer.from(bytes).toString()); // invalid UTF-8 shows as U+FFFD
       let message: unknown;
       try {
         message = parseMessage(bytes);
@@ -775,26 +787,36 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 }
 
 // ---------------------------------------------------------------------------
-// The client: one connection per call, like the Python lab's
+// Binding and the client's side of the wire
 // ---------------------------------------------------------------------------
 
-/** Options for {@linkcode rpcCall}. */
-export interface CallOptions {
+/** Where the server is, for {@linkcode rpcCall} and {@linkcode connect}. */
+export interface ConnectOptions {
   /**
    * The server's port.
    * @default {5000}
    */
   port?: number;
   /**
-   * The server's address.
+   * The server's address: a name or an IP address.
    * @default {"127.0.0.1"}
    */
   host?: string;
   /**
-   * How long to wait for the connection and the reply together.
+   * How long a call may wait for its reply; for {@linkcode rpcCall}, for the
+   * connection and the reply together.
    * @default {5000}
    */
   timeoutMs?: number;
+}
+
+/** Options for {@linkcode rpcCall}: where, how long, and a way to give up. */
+export interface CallOptions extends ConnectOptions {
+  /**
+   * Aborting it rejects the call at once with the signal's reason, as
+   * `fetch` does. The server may still run the procedure.
+   */
+  signal?: AbortSignal;
 }
 
 /** True for an object with a `result` or an `error`: the least a reply must have. */
@@ -828,17 +850,40 @@ function readReplies(socket: Socket, onReply: (reply: RpcReply) => void, onError
   });
 }
 
-/** The error a client call rejects with: what, where, and why. */
-function callError(what: string, host: string, port: number, cause: Error): Error {
-  return new Error(`${what} to ${host}:${port} failed: ${cause.message}`, { cause });
+/**
+ * Gives up on a call when its time is up or its signal aborts, whichever
+ * comes first. Returns a function that cancels both, for when the call
+ * settles another way: after it, no timer or listener is left behind.
+ */
+function watchCall(
+  { timeoutMs, signal }: { timeoutMs: number; signal?: AbortSignal },
+  onTimeout: (cause: Error) => void,
+  onAbort: (reason: unknown) => void,
+): () => void {
+  const timer = setTimeout(() => onTimeout(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
+  const abort = () => onAbort(signal?.reason);
+  signal?.addEventListener("abort", abort);
+  return () => {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", abort);
+  };
 }
+
+/** The error a client call rejects with: what, where, and why. */
+function callError(what: string, where: string, cause: Error): Error {
+  return new Error(`${what} to ${where} failed: ${cause.message}`, { cause });
+}
+
+/** The params a call may carry: positional (an array) or named (an object). */
+export type RpcParams = unknown[] | Record<string, unknown>;
 
 /**
  * Turns a reply into what a local call would give: its result, or a thrown
- * {@linkcode RpcError}. It reads both versions: `"error": null` (JSON-RPC 1.0,
- * as Go's server sends it) means success, and a string error (1.0, the Python
- * lab's) becomes an RpcError with code -32603, `INTERNAL_ERROR`, because 1.0
- * errors carry no code.
+ * {@linkcode RpcError}. This is the client stub's last step (unmarshalling
+ * the reply). It reads both versions: `"error": null` (JSON-RPC 1.0, as Go's
+ * server sends it) means success, and a string error (1.0, the Python lab's)
+ * becomes an RpcError with code -32603, `INTERNAL_ERROR`, because 1.0 errors
+ * carry no code.
  *
  * @param reply A reply, as {@linkcode rpcCall} or a client's `call()` resolve it.
  * @returns The reply's `result`.
@@ -858,20 +903,21 @@ export function resultOf(reply: RpcReply): unknown {
   throw new RpcError(ERROR_CODES.INTERNAL_ERROR, typeof error === "string" ? error : describe(error));
 }
 
-/** The params a call may carry: positional (an array) or named (an object). */
-export type RpcParams = unknown[] | Record<string, unknown>;
+// ---------------------------------------------------------------------------
+// The client: one connection per call, like the Python lab's
+// ---------------------------------------------------------------------------
 
 /**
  * Calls one method on a server, over a connection of its own.
  *
  * @param method The method's name, such as `"add"`.
  * @param params Its arguments: an array, or one object; omitted when undefined.
- * @param options Where the server is, and how long to wait.
+ * @param options Where the server is, how long to wait, and a signal to give up.
  * @returns The reply, parsed. A JSON-RPC error (say, method not found) is a
- * reply with `error`, not a rejection.
+ * reply with `error`, not a rejection: see {@linkcode resultOf}.
  * @throws {Error} When the connection is refused, times out or closes before a
  * reply, or the reply is not JSON; the message names the method, the address
- * and the cause.
+ * and the cause. When the signal aborts: its reason.
  *
  * @example
  * ```ts
@@ -882,59 +928,70 @@ export type RpcParams = unknown[] | Record<string, unknown>;
  * ```
  */
 export function rpcCall(method: string, params?: RpcParams, options: CallOptions = {}): Promise<RpcReply> {
-  const { port = 5000, host = "127.0.0.1", timeoutMs = 5000 } = options;
+  const { port = 5000, host = "127.0.0.1", timeoutMs = 5000, signal } = options;
   const request = JSON.stringify({ jsonrpc: "2.0", method, params, id: 1 });
 
   return new Promise((resolve, reject) => {
+    signal?.throwIfAborted(); // thrown here, it rejects the promise before any socket exists
     const socket = createConnection({ port, host });
-    const timer = setTimeout(() => fail(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
+    const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
 
     // A promise settles once, so whichever of these runs first decides.
-    function succeed(reply: RpcReply): void {
-      clearTimeout(timer);
+    function settle(error: unknown, reply?: RpcReply): void {
+      unwatch();
       socket.destroy();
-      resolve(reply);
+      if (reply === undefined) reject(error);
+      else resolve(reply);
     }
     function fail(cause: Error): void {
-      clearTimeout(timer);
-      socket.destroy();
-      reject(callError(`rpcCall ${method}`, host, port, cause));
+      settle(callError(`rpcCall ${method}`, `${host}:${port}`, cause));
     }
 
     // The reply is the first whole JSON text; then the socket is destroyed.
-    readReplies(socket, succeed, fail);
-    socket.on("connect", () => socket.write(request + "\n"));
+    readReplies(socket, (reply) => settle(undefined, reply), fail);
     socket.on("end", () => fail(new Error("the server closed the connection before replying")));
-    socket.on("error", (error) => fail(error));
+    socket.on("error", fail);
+    socket.write(request + "\n"); // queued until the connection is made
   });
 }
 
 // ---------------------------------------------------------------------------
-// The persistent client: one connection, many calls, matched by id
+// The persistent client and the client stub: one connection, many calls
 // ---------------------------------------------------------------------------
+
+/**
+ * A client stub's type: each method of `T` takes the same parameters and
+ * resolves to the same result, because it now runs on the server.
+ */
+export type Stub<T> = {
+  [K in keyof T]: T[K] extends (...params: infer P) => infer R ? (...params: P) => Promise<Awaited<R>> : never;
+};
 
 /** A client on one connection, as {@linkcode connect} resolves it. */
 export interface RpcClient {
   /**
    * Calls a method and resolves to its reply, exactly as {@linkcode rpcCall}
-   * does; many calls may be in flight at once.
+   * does; many calls may be in flight at once. Aborting `signal` rejects the
+   * call at once with the signal's reason.
    */
-  call(method: string, params?: RpcParams): Promise<RpcReply>;
+  call(method: string, params?: RpcParams, options?: Pick<CallOptions, "signal">): Promise<RpcReply>;
   /** Sends a notification: the server runs it and sends nothing back. */
   notify(method: string, params?: RpcParams): void;
-  /** Ends the connection once the calls in flight are answered (or time out). */
+  /**
+   * A client stub: an object whose methods call the server's, so that
+   * `await calc.add(1, 2)` resolves to `3`, and an error reply rejects with
+   * an {@linkcode RpcError}. `T` names the methods and their types.
+   */
+  stub<T>(): Stub<T>;
+  /** Ends the connection once the calls pending are answered (or time out, or are aborted). */
   close(): Promise<void>;
-  /** How many calls have been sent and not yet answered, timed out or dropped. */
+  /** How many calls have been sent and not yet answered, timed out, aborted or dropped. */
   readonly pending: number;
 }
 
-/** A call that has been sent and not yet answered. */
-interface PendingCall {
-  method: string;
-  resolve(reply: RpcReply): void;
-  reject(error: Error): void;
-  timer: ReturnType<typeof setTimeout>;
-}
+// Names a stub must not treat as methods: `await stub` reads `then`, and
+// JSON.stringify reads `toJSON`; a remote call for either would be a surprise.
+const NOT_METHODS = new Set(["then", "toJSON"]);
 
 /**
  * Opens one connection for many calls. Each call gets a new id, and a `Map`
@@ -952,14 +1009,18 @@ interface PendingCall {
  * import { connect } from "./rpc.ts";
  *
  * const client = await connect({ port: 5000 });
- * const replies = await Promise.all([client.call("add", [1, 2]), client.call("multiply", [3, 4])]);
- * console.log(replies.map((reply) => reply.result)); // [3, 12]
+ * const calc = client.stub<{ add(a: number, b: number): number }>();
+ * console.log(await calc.add(1, 2)); // 3
+ * const reply = await client.call("multiply", [3, 4]);
+ * console.log(reply.result); // 12
  * await client.close();
  * ```
  */
-export function connect(options: CallOptions = {}): Promise<RpcClient> {
+export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
   const { port = 5000, host = "127.0.0.1", timeoutMs = 5000 } = options;
-  const pending = new Map<number, PendingCall>();
+  const where = `${host}:${port}`;
+  // The calls waiting for a reply: id -> how to settle that call's promise.
+  const pending = new Map<number, { method: string; settle(error: unknown, reply?: RpcReply): void }>();
   let nextId = 1;
   let closedBecause: Error | undefined; // set once the connection is gone
 
@@ -969,22 +1030,13 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
   function dropConnection(cause: Error): void {
     closedBecause ??= cause;
     socket.destroy();
-    for (const call of pending.values()) {
-      clearTimeout(call.timer);
-      call.reject(callError(`call ${call.method}`, host, port, closedBecause));
-    }
-    pending.clear();
+    for (const call of pending.values()) call.settle(callError(`call ${call.method}`, where, closedBecause));
   }
 
   readReplies(socket, (reply) => {
     // A reply whose id matches no call (it timed out, or the server could
     // not read the id) has no one to go to.
-    if (typeof reply.id !== "number") return;
-    const call = pending.get(reply.id);
-    if (call === undefined) return;
-    pending.delete(reply.id);
-    clearTimeout(call.timer);
-    call.resolve(reply);
+    if (typeof reply.id === "number") pending.get(reply.id)?.settle(undefined, reply);
   }, dropConnection);
   socket.on("end", () => dropConnection(new Error("the server closed the connection")));
 
@@ -995,51 +1047,64 @@ export function connect(options: CallOptions = {}): Promise<RpcClient> {
     writer.write(JSON.stringify(request) + "\n");
   }
 
+  function call(method: string, params?: RpcParams, { signal }: Pick<CallOptions, "signal"> = {}): Promise<RpcReply> {
+    return new Promise((resolve, reject) => {
+      signal?.throwIfAborted(); // thrown here, it rejects the promise before anything is sent
+      const id = nextId++;
+      const fail = (cause: Error) => settle(callError(`call ${method}`, where, cause));
+      const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
+      // Whichever comes first (reply, timeout, abort, dropped connection)
+      // settles the call, and leaves nothing of it behind.
+      function settle(error: unknown, reply?: RpcReply): void {
+        pending.delete(id);
+        unwatch();
+        if (closedBecause !== undefined && pending.size === 0) socket.destroy(); // close() waits for no one else
+        if (reply === undefined) reject(error);
+        else resolve(reply);
+      }
+      pending.set(id, { method, settle });
+      try {
+        send({ jsonrpc: "2.0", method, params, id });
+      } catch (error) {
+        fail(asError(error));
+      }
+    });
+  }
+
   const client: RpcClient = {
-    call(method, params) {
-      return new Promise((resolve, reject) => {
-        const id = nextId++;
-        const timer = setTimeout(() => {
-          pending.delete(id);
-          reject(callError(`call ${method}`, host, port, new Error(`no reply within ${timeoutMs} ms`)));
-        }, timeoutMs);
-        pending.set(id, { method, resolve, reject, timer });
-        try {
-          send({ jsonrpc: "2.0", method, params, id });
-        } catch (error) {
-          dropConnection(asError(error));
-        }
-      });
-    },
+    call,
     notify(method, params) {
       try {
         send({ jsonrpc: "2.0", method, params });
       } catch (error) {
-        throw callError(`notify ${method}`, host, port, asError(error));
+        throw callError(`notify ${method}`, where, asError(error));
       }
+    },
+    stub<T>() {
+      const get = (_: object, name: string | symbol) =>
+        typeof name === "symbol" || NOT_METHODS.has(name)
+          ? undefined
+          : (...params: unknown[]) => call(name, params).then(resultOf);
+      return new Proxy({}, { get }) as Stub<T>;
     },
     get pending() {
       return pending.size;
     },
     close() {
       if (socket.destroyed) return Promise.resolve();
-      return new Promise((resolve) => {
-        const timer = setTimeout(() => socket.destroy(), timeoutMs);
-        socket.once("close", () => {
-          clearTimeout(timer);
-          resolve();
-        });
-        // The server answers what it has already read, then ends its side too.
-        writer.flush();
-        socket.end();
-      });
+      closedBecause ??= new Error("the connection was closed by close()");
+      // Pending calls still get their replies (or time out); nothing else is worth waiting for.
+      writer.flush();
+      socket.end();
+      if (pending.size === 0) socket.destroy();
+      return new Promise((resolve) => socket.once("close", () => resolve()));
     },
   };
 
   return new Promise((resolve, reject) => {
     socket.once("connect", () => resolve(client));
     socket.on("error", (error) => {
-      reject(callError("connect", host, port, error)); // ignored once connected
+      reject(callError("connect", where, error)); // ignored once connected
       dropConnection(error);
     });
   });
