@@ -33,6 +33,7 @@
 
 import { Buffer } from "node:buffer";
 import { createConnection, createServer, type Socket } from "node:net";
+import { connect as tlsConnect, type ConnectionOptions, createServer as tlsServer, type TlsOptions } from "node:tls";
 import { setImmediate } from "node:timers";
 
 // ---------------------------------------------------------------------------
@@ -40,13 +41,7 @@ import { setImmediate } from "node:timers";
 // ---------------------------------------------------------------------------
 
 /** Any value JSON can carry. */
-export type JsonValue =
-  | null
-  | boolean
-  | number
-  | string
-  | JsonValue[]
-  | { [key: string]: JsonValue };
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 
 /** A request id: the client picks it, the server echoes it in the reply. */
 export type RpcId = string | number | null;
@@ -163,14 +158,9 @@ export type RpcFunction = (...params: unknown[]) => unknown;
 /** A registry: method name to function. */
 export type Functions = Record<string, RpcFunction>;
 
-/** Anything thrown, as an Error: JavaScript lets code throw any value. */
-function asError(error: unknown): Error {
-  return error instanceof Error ? error : new Error(String(error));
-}
-
-/** The message of anything thrown, Error or not. */
+/** The message of anything thrown: JavaScript lets code throw any value, Error or not. */
 function errorMessage(error: unknown): string {
-  return asError(error).message;
+  return error instanceof Error ? error.message : String(error);
 }
 
 /** Shows a value in an error message, cut short so a huge input stays readable. */
@@ -193,10 +183,7 @@ function twoNumbers(method: string, params: unknown[]): [number, number] {
     params.length !== 2 || typeof a !== "number" || typeof b !== "number" ||
     !Number.isFinite(a) || !Number.isFinite(b)
   ) {
-    throw new RpcError(
-      ERROR_CODES.INVALID_PARAMS,
-      `${method} expects two finite numbers, got ${describe(params)}`,
-    );
+    throw new RpcError(ERROR_CODES.INVALID_PARAMS, `${method} expects two finite numbers, got ${describe(params)}`);
   }
   return [a, b];
 }
@@ -243,25 +230,43 @@ const WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]); // space, tab, \n, \r
 // runtimes JSON.stringify takes half a second to overflow on 50,000 levels.
 const MAX_DEPTH = 1000;
 
-/** A message reader: feed it chunks, it calls back with whole messages. */
+/**
+ * The bytes of unfinished messages that all the connections of one server
+ * hold together, and the most they may: one budget, shared by their readers.
+ */
+interface Budget {
+  held: number;
+  readonly max: number;
+}
+
+/** A message reader: give it chunks as they arrive; take whole messages out when ready for them. */
 interface MessageReader {
-  /** Scans one chunk; throws if the stream can no longer be split into messages. */
+  /** Adds a chunk that has just arrived. */
   push(chunk: Uint8Array): void;
+  /**
+   * The next whole message, or undefined until more bytes come. Throws when
+   * the stream can no longer be split into messages: RangeError for too
+   * long, too deep or over budget; SyntaxError for bytes that are not JSON.
+   */
+  next(): Uint8Array | undefined;
   /** True when part of a message has arrived but not its end. */
   hasPartial(): boolean;
+  /** Gives the bytes it holds back to the budget; for when the connection closes. */
+  release(): void;
 }
 
 /**
  * Splits a byte stream into JSON messages by counting brackets outside
- * strings. Keeps only the bytes of the unfinished message, and at most
- * `maxBytes` of them.
+ * strings. Keeps only the bytes of the unfinished message, at most `maxBytes`
+ * of them, and counts them against `budget`. It reads only when asked
+ * (`next()`), so a busy server can leave messages waiting in their chunk.
  */
-function createMessageReader(
-  maxBytes: number,
-  onMessage: (bytes: Uint8Array) => void,
-): MessageReader {
-  let parts: Uint8Array[] = []; // earlier chunks of the unfinished message
-  let partsLength = 0;
+function createMessageReader(maxBytes: number, budget: Budget = { held: 0, max: Infinity }): MessageReader {
+  const chunks: Uint8Array[] = []; // arrived and not yet read through; reading is in chunks[0]
+  let at = 0; // the next byte to look at in chunks[0]
+  let start = 0; // where the current message begins in chunks[0]
+  let parts: Uint8Array[] = []; // the current message's bytes from earlier chunks
+  let held = 0; // their length
   let depth = 0; // open brackets not yet closed; 0 means between messages
   // The closer each open bracket expects: a `]` where a `}` belongs can
   // never be mended by later bytes, so it is an error now, not a long wait.
@@ -269,62 +274,78 @@ function createMessageReader(
   let inString = false;
   let escaped = false; // the previous byte was a backslash inside a string
 
-  function push(chunk: Uint8Array): void {
-    let start = 0; // where the current message begins in this chunk
-    for (let i = 0; i < chunk.length; i++) {
-      const byte = chunk[i];
-      if (depth === 0) {
-        if (WHITESPACE.has(byte)) continue;
-        if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
-          throw new SyntaxError(
-            `expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`,
-          );
-        }
-        start = i;
-        depth = 1;
-        closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
-      } else if (inString) {
-        if (escaped) escaped = false;
-        else if (byte === BACKSLASH) escaped = true;
-        else if (byte === QUOTE) inString = false;
-      } else if (byte === QUOTE) {
-        inString = true;
-      } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
-        depth++;
-        if (depth > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
-        closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
-      } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
-        if (byte !== closers[depth]) {
-          throw new SyntaxError(`expected ${String.fromCharCode(closers[depth])}, got ${String.fromCharCode(byte)}`);
-        }
-        depth--;
+  function next(): Uint8Array | undefined {
+    while (chunks.length > 0) {
+      const chunk = chunks[0];
+      for (; at < chunk.length; at++) {
+        const byte = chunk[at];
         if (depth === 0) {
-          const tail = chunk.subarray(start, i + 1);
-          checkLength(partsLength + tail.length);
-          const message = parts.length === 0 ? tail : Buffer.concat([...parts, tail]);
-          parts = [];
-          partsLength = 0;
-          onMessage(message);
+          if (WHITESPACE.has(byte)) continue;
+          if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
+            throw new SyntaxError(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
+          }
+          start = at;
+          depth = 1;
+          closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
+        } else if (inString) {
+          if (escaped) escaped = false;
+          else if (byte === BACKSLASH) escaped = true;
+          else if (byte === QUOTE) inString = false;
+        } else if (byte === QUOTE) {
+          inString = true;
+        } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
+          depth++;
+          if (depth > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
+          closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
+        } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
+          if (byte !== closers[depth]) {
+            throw new SyntaxError(`expected ${String.fromCharCode(closers[depth])}, got ${String.fromCharCode(byte)}`);
+          }
+          depth--;
+          if (depth === 0) {
+            at++;
+            return take(chunk.subarray(start, at));
+          }
         }
       }
+      if (depth > 0) keep(chunk.subarray(start)); // the chunk ends inside a message
+      chunks.shift();
+      at = 0;
+      start = 0;
     }
-    if (depth > 0) {
-      // Keep the unfinished message's bytes for the next chunk: a copy, so
-      // the runtime can free the chunk (Buffer's slice() would not copy).
-      const rest = new Uint8Array(chunk.subarray(start));
-      checkLength(partsLength + rest.length);
-      parts.push(rest);
-      partsLength += rest.length;
+    return undefined;
+  }
+
+  /** The whole message that `tail` ends: joined to its earlier parts, if it has any. */
+  function take(tail: Uint8Array): Uint8Array {
+    checkLength(held + tail.length);
+    const message = parts.length === 0 ? tail : Buffer.concat([...parts, tail]);
+    release();
+    return message;
+  }
+
+  /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (Buffer's slice() would not copy). */
+  function keep(part: Uint8Array): void {
+    checkLength(held + part.length);
+    if (budget.held + part.length > budget.max) {
+      throw new RangeError(`the server already holds ${budget.held} bytes of unfinished messages; send yours later`);
     }
+    parts.push(new Uint8Array(part));
+    held += part.length;
+    budget.held += part.length;
   }
 
   function checkLength(length: number): void {
-    if (length > maxBytes) {
-      throw new RangeError(`message longer than the limit of ${maxBytes} bytes`);
-    }
+    if (length > maxBytes) throw new RangeError(`message longer than the limit of ${maxBytes} bytes`);
   }
 
-  return { push, hasPartial: () => depth > 0 };
+  function release(): void {
+    budget.held -= held;
+    parts = [];
+    held = 0;
+  }
+
+  return { push: (chunk) => chunks.push(chunk), next, hasPartial: () => depth > 0, release };
 }
 
 // `fatal: true` makes invalid UTF-8 an error instead of silent U+FFFD marks.
@@ -351,7 +372,16 @@ export interface HandleOptions {
    * @default {1000}
    */
   maxBatchLength?: number;
+  /**
+   * How long a method that returns a Promise may take: then the caller gets
+   * -32603 and the server stops waiting (the method itself runs on).
+   * @default {30000}
+   */
+  callTimeoutMs?: number;
 }
+
+/** What {@linkcode handleMessage} gives: a reply, a batch of replies, or nothing to send. */
+export type Reply = RpcResponse | RpcResponse[] | undefined;
 
 /**
  * The two versions of JSON-RPC this server speaks, told apart as the 2.0
@@ -399,15 +429,26 @@ function hasRpcCode(error: unknown): error is RpcErrorObject {
     "message" in error && typeof error.message === "string";
 }
 
+/** Rejects with -32603 if `promise` has not settled within `ms`; the method itself runs on, unwatched. */
+function withDeadline(promise: Promise<unknown>, ms: number, method: string): Promise<unknown> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise((_, reject) => {
+    const error = new RpcError(ERROR_CODES.INTERNAL_ERROR, `${method} did not finish within ${ms} ms`);
+    timer = setTimeout(() => reject(error), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}
+
 /**
- * Answers one request object; resolves to undefined for a notification.
+ * Answers one request object: at once when its method returns a plain value,
+ * as a Promise when it returns one. Undefined for a notification.
  * `inBatch`: batches are a 2.0 feature, so every request in one must be 2.0.
  */
-async function handleRequest(
+function handleRequest(
   request: unknown,
-  functions: Functions,
+  { functions = FUNCTIONS, callTimeoutMs = 30_000 }: HandleOptions,
   inBatch: boolean,
-): Promise<RpcResponse | undefined> {
+): RpcResponse | undefined | Promise<RpcResponse | undefined> {
   if (!isPlainObject(request)) {
     return messageError(ERROR_CODES.INVALID_REQUEST, `expected a request object, got ${describe(request)}`);
   }
@@ -440,20 +481,29 @@ async function handleRequest(
   if (typeof fn !== "function") {
     return isNotification ? undefined : fail(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`);
   }
-  try {
-    const result = await fn(...args);
+  const succeeded = (result: unknown): RpcResponse | undefined => {
     if (isNotification) return undefined;
     if (typeof result === "number" && !Number.isFinite(result)) {
       // JSON.stringify would quietly send null for these.
       return fail(ERROR_CODES.INTERNAL_ERROR, `${method} returned ${result}, which JSON cannot carry`);
     }
     return resultResponse(version, id, result === undefined ? null : result);
-  } catch (error) {
+  };
+  const failed = (error: unknown): RpcResponse | undefined => {
     if (isNotification) return undefined;
     if (hasRpcCode(error)) return errorResponse(version, id, errorObject(error.code, error.message, error.data));
     // The message only: a stack trace would show the caller our insides.
     return fail(ERROR_CODES.INTERNAL_ERROR, errorMessage(error));
+  };
+  let result: unknown;
+  try {
+    result = fn(...args);
+  } catch (error) {
+    return failed(error);
   }
+  // Most methods return a plain value: answer it now. Only a Promise is waited for, and not for ever.
+  if (!(result instanceof Promise)) return succeeded(result);
+  return withDeadline(result, callTimeoutMs, method).then(succeeded, failed);
 }
 
 /**
@@ -461,9 +511,10 @@ async function handleRequest(
  * This is the whole protocol, with no sockets, so it can be tested alone.
  *
  * @param message A parsed JSON value, as it came off the wire.
- * @param options The registry and batch limit.
+ * @param options The registry, the batch limit and the deadline for async methods.
  * @returns The reply (an array for a batch), or undefined when nothing is to
- * be sent: a notification, or a batch of only notifications.
+ * be sent: a notification, or a batch of only notifications. A Promise of it
+ * only when a method returned a Promise; `await` works either way.
  *
  * @example
  * ```ts
@@ -473,12 +524,9 @@ async function handleRequest(
  * console.log(reply); // { jsonrpc: "2.0", result: 3, id: 7 }
  * ```
  */
-export async function handleMessage(
-  message: unknown,
-  options: HandleOptions = {},
-): Promise<RpcResponse | RpcResponse[] | undefined> {
-  const { functions = FUNCTIONS, maxBatchLength = 1000 } = options;
-  if (!Array.isArray(message)) return handleRequest(message, functions, false);
+export function handleMessage(message: unknown, options: HandleOptions = {}): Reply | Promise<Reply> {
+  const { maxBatchLength = 1000 } = options;
+  if (!Array.isArray(message)) return handleRequest(message, options, false);
   if (message.length === 0) {
     return messageError(ERROR_CODES.INVALID_REQUEST, "a batch must hold at least one request, got []");
   }
@@ -486,10 +534,14 @@ export async function handleMessage(
     const text = `a batch may hold at most ${maxBatchLength} requests, got ${message.length}`;
     return messageError(ERROR_CODES.INVALID_REQUEST, text);
   }
-  // Every request in the batch runs at once; the reply waits for all of them.
-  const replies = await Promise.all(message.map((request) => handleRequest(request, functions, true)));
-  const sent = replies.filter((reply) => reply !== undefined);
-  return sent.length > 0 ? sent : undefined;
+  const replies = message.map((request) => handleRequest(request, options, true));
+  const sent = (all: Array<RpcResponse | undefined>) => {
+    const answers = all.filter((reply) => reply !== undefined);
+    return answers.length > 0 ? answers : undefined;
+  };
+  // Every request in the batch runs at once; the reply waits for the slowest.
+  if (replies.some((reply) => reply instanceof Promise)) return Promise.all(replies).then(sent);
+  return sent(replies as Array<RpcResponse | undefined>); // no Promise among them: the check above
 }
 
 /** Turns a reply into its JSON text; a result JSON cannot carry becomes -32603. */
@@ -516,10 +568,12 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 
 /** Queues text for a socket; see {@linkcode createWriter}. */
 interface Writer {
-  /** Queues text, to be written at the end of this turn of the event loop. */
+  /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
   write(text: string): void;
   /** Writes what is queued now (before ending the socket, say). */
   flush(): void;
+  /** True while the runtime holds more unsent bytes than its buffer's worth: time to stop making more. */
+  full(): boolean;
 }
 
 /**
@@ -528,19 +582,21 @@ interface Writer {
  * replies in one packet too, and the server makes one system call, not 50:
  * the biggest cost the profiler found.
  */
-function createWriter(socket: Socket, onFull: () => void = () => {}): Writer {
+function createWriter(socket: Socket): Writer {
   let queued = "";
   function flush(): void {
     if (queued === "" || !socket.writable) return;
     const text = queued;
     queued = "";
-    if (!socket.write(text)) onFull(); // the runtime is holding more than its buffer's worth
+    socket.write(text);
   }
   function write(text: string): void {
     if (queued === "") setImmediate(flush); // once the callbacks of this turn have all run
     queued += text;
+    if (queued.length >= socket.writableHighWaterMark) flush(); // a buffer's worth: no use waiting
   }
-  return { write, flush };
+  const full = () => socket.writableLength >= socket.writableHighWaterMark;
+  return { write, flush, full };
 }
 
 // ---------------------------------------------------------------------------
@@ -561,6 +617,13 @@ export interface ServerOptions extends HandleOptions {
    */
   host?: string;
   /**
+   * Serve TLS instead of plain TCP: options for `node:tls`'s `createServer`,
+   * such as `key` and `cert`; with `ca` and `requestCert: true`, only
+   * clients with a certificate that `ca` signed get past the handshake.
+   * @default {undefined} (plain TCP)
+   */
+  tls?: TlsOptions;
+  /**
    * Called with one line of news about a connection, such as
    * `"Client connected: 127.0.0.1:54231"`. Pass `console.log` to print them.
    * @default {undefined} (silent)
@@ -579,6 +642,20 @@ export interface ServerOptions extends HandleOptions {
    * @default {1048576} (1 MiB)
    */
   maxMessageBytes?: number;
+  /**
+   * The most bytes of unfinished messages the server holds, all connections
+   * together. A connection that would take it past this gets one -32600
+   * reply and is closed; the others go on.
+   * @default {67108864} (64 MiB)
+   */
+  maxUnfinishedBytes?: number;
+  /**
+   * The most calls and notifications one connection may have running at
+   * once (a batch counts each request). At the cap the server stops reading
+   * that connection until one finishes: a pause, never an error.
+   * @default {250}
+   */
+  maxCallsPerConnection?: number;
   /**
    * The most connections open at once; one more is sent a -32000 reply and
    * closed.
@@ -610,15 +687,8 @@ export interface RpcServer {
   close(): Promise<void>;
 }
 
-/** What close() needs of each open connection. */
-interface Connection {
-  socket: Socket;
-  /** Stops reading requests; closes now if no call is in flight, else after the last reply. */
-  stop(): void;
-}
-
 /**
- * Starts a JSON-RPC 2.0 server on TCP.
+ * Starts a JSON-RPC server on TCP, or on TLS with `tls`.
  *
  * @param options Where to listen, what to serve, and the limits.
  * @returns The running server, once it is listening.
@@ -638,22 +708,23 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   const {
     port = 5000,
     host = "127.0.0.1",
-    functions = FUNCTIONS,
+    tls,
     log = () => {},
     trace,
     maxMessageBytes = 1024 * 1024,
-    maxBatchLength = 1000,
+    maxUnfinishedBytes = 64 * 1024 * 1024,
+    maxCallsPerConnection = 250,
     maxConnections = 1000,
     idleTimeoutMs = 60_000,
     closeGraceMs = 5000,
   } = options;
-  const connections = new Set<Connection>();
+  const sockets = new Set<Socket>(); // every TCP connection: served, or still in its TLS handshake
+  const connections = new Set<() => void>(); // each served connection's endIfDone(), for close()
+  const budget: Budget = { held: 0, max: maxUnfinishedBytes };
   let closing = false;
   let closed: Promise<void> | undefined;
 
-  // allowHalfOpen: a client that sends its request and then shuts its write
-  // side (`nc -N`) still gets its reply, because we end our side ourselves.
-  const server = createServer({ allowHalfOpen: true }, (socket) => {
+  function onConnection(socket: Socket): void {
     const address = `${socket.remoteAddress}:${socket.remotePort}`;
     if (connections.size >= maxConnections) {
       const message = `server busy: it already has ${maxConnections} connections`;
@@ -665,43 +736,57 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     }
     log(`Client connected: ${address}`);
     serve(socket, address);
+  }
+  // allowHalfOpen: a client that sends its request and then shuts its write
+  // side (`nc -N`) still gets its reply, because we end our side ourselves.
+  // Not for TLS: there a client that gives up in the handshake would leave
+  // its half of the connection open, unseen by us, and close() would wait.
+  const server = tls === undefined ? createServer({ allowHalfOpen: true }, onConnection) : tlsServer(tls, onConnection);
+  server.on("tlsClientError", (error: Error) => log(`TLS handshake failed: ${error.message}`));
+  server.on("connection", (socket: Socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
   });
 
   /** Reads requests from one socket and writes their replies. */
   function serve(socket: Socket, address: string): void {
-    let reading = true; // false once the client has ended, or we stopped listening
-    let inFlight = 0; // messages read whose replies have not been sent yet
+    const reader = createMessageReader(maxMessageBytes, budget);
+    const writer = createWriter(socket);
+    let running = 0; // calls and notifications started and not yet finished
+    let received = 0; // messages read, over the connection's life
+    let ended = false; // the client has ended its side: no more bytes will come
+    let refused = false; // we stopped reading: after bad input the stream cannot be trusted
 
-    // Backpressure: while the client is not reading its replies, stop
-    // reading its requests, so unsent replies cannot pile up in memory.
-    const writer = createWriter(socket, () => socket.pause());
-
-    function send(reply: RpcResponse | RpcResponse[]): void {
-      if (!socket.writable) return; // the client has gone: nobody to tell
+    function send(reply: Reply): void {
+      if (reply === undefined || !socket.writable) return; // nothing to say, or the client has gone
       const text = encodeReply(reply);
       trace?.("<--", address, text.slice(0, -1));
       writer.write(text);
     }
 
-    /** Ends our side once no more requests will be read and all are answered. */
-    function endIfDone(): void {
-      if (reading || inFlight > 0 || socket.writableEnded) return;
-      writer.flush();
-      // While the server closes, do not wait for the client to hang up too.
-      socket.end(() => {
-        if (closing) socket.destroy();
-      });
-    }
-
-    /** Answers once, then stops reading: after this input the stream cannot be trusted. */
-    function refuse(code: number, message: string): void {
-      log(`Client ${address}: ${message}; closing`);
-      send(messageError(code, message));
-      reading = false;
+    /**
+     * Handles the whole messages that have arrived, while the limits allow;
+     * then reads on, or pauses. Pausing is the backpressure: while calls are
+     * at their cap, or replies are not draining, the requests wait unread.
+     */
+    function pump(): void {
+      try {
+        while (!refused && running < maxCallsPerConnection && !writer.full()) {
+          const bytes = reader.next(); // throws on bytes that cannot be split into messages
+          if (bytes === undefined) break;
+          received++;
+          handle(bytes);
+        }
+      } catch (error) {
+        refuse(error);
+      }
+      if (running >= maxCallsPerConnection || writer.full()) socket.pause();
+      else socket.resume();
       endIfDone();
     }
 
-    const reader = createMessageReader(maxMessageBytes, (bytes) => {
+    /** Decodes, parses and answers one message; counts its calls while they run. */
+    function handle(bytes: Uint8Array): void {
       trace?.("-->", address, Buffer.from(bytes).toString()); // invalid UTF-8 shows as U+FFFD
       let message: unknown;
       try {
@@ -710,55 +795,78 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
         send(messageError(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
         return;
       }
-      inFlight++;
-      handleMessage(message, { functions, maxBatchLength }).then((reply) => {
-        if (reply !== undefined) send(reply);
-        inFlight--;
-        endIfDone();
+      const reply = handleMessage(message, options);
+      if (!(reply instanceof Promise)) return send(reply);
+      const calls = Array.isArray(message) ? message.length : 1;
+      running += calls;
+      reply.then((answer) => {
+        running -= calls;
+        send(answer);
+        pump(); // a place is free: read on, or end
       });
-    });
+    }
 
-    socket.on("data", (chunk: Buffer) => {
-      if (!reading) return; // discarded, not buffered
-      try {
-        reader.push(chunk);
-      } catch (error) {
-        // RangeError: too long; SyntaxError: not an object or array.
-        if (error instanceof RangeError) refuse(ERROR_CODES.INVALID_REQUEST, errorMessage(error));
-        else refuse(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`);
-      }
-    });
-    socket.on("drain", () => socket.resume());
-    socket.on("end", () => {
-      if (reading && reader.hasPartial()) {
+    /** Answers once, then stops reading: after this input the stream cannot be trusted. */
+    function refuse(error: unknown): void {
+      // RangeError: too long, too deep, or over the server's budget. SyntaxError: not JSON at all.
+      const [code, message] = error instanceof RangeError
+        ? [ERROR_CODES.INVALID_REQUEST, errorMessage(error)]
+        : [ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`];
+      log(`Client ${address}: ${message}; closing`);
+      send(messageError(code, message));
+      refused = true;
+      reader.release();
+    }
+
+    /**
+     * Ends our side once every call is answered and no request is to come: the
+     * client has ended, we refused it, or the server is closing and this
+     * connection, having sent at least one message, holds no part of another.
+     */
+    function endIfDone(): void {
+      if (running > 0 || writer.full() || socket.writableEnded) return;
+      if (ended && !refused && reader.hasPartial()) {
         send(messageError(ERROR_CODES.PARSE_ERROR, "parse error: the connection ended inside a message"));
       }
-      reading = false;
-      endIfDone();
+      if (!ended && !refused && !(closing && received > 0 && !reader.hasPartial())) return;
+      writer.flush();
+      // While the server closes, do not wait for the client to hang up too.
+      socket.end(() => {
+        if (closing) socket.destroy();
+      });
+    }
+
+    socket.on("data", (chunk: Buffer) => {
+      if (refused) return; // read and thrown away, never stored
+      reader.push(chunk);
+      pump();
+    });
+    socket.on("drain", pump);
+    socket.on("end", () => {
+      ended = true;
+      pump();
     });
     socket.setTimeout(idleTimeoutMs, () => {
       // A slow call is not idleness: its reply restarts the clock.
-      if (inFlight > 0) return;
+      if (running > 0) return;
       log(`Client ${address} idle for ${idleTimeoutMs} ms; closing`);
       socket.destroy();
     });
     // A reset, or a write after the client left: this socket's problem only.
     socket.on("error", (error) => log(`Client ${address} error: ${error.message}`));
 
-    function stop(): void {
-      reading = false;
-      endIfDone(); // now, if no call is in flight; otherwise after the last reply
-    }
-    const connection: Connection = { socket, stop };
-    connections.add(connection);
-    socket.on("close", () => connections.delete(connection));
+    connections.add(endIfDone);
+    socket.on("close", () => {
+      connections.delete(endIfDone);
+      reader.release();
+    });
   }
 
   function close(): Promise<void> {
     closed ??= new Promise((resolve) => {
       closing = true;
       const timer = setTimeout(() => {
-        for (const { socket } of connections) socket.destroy();
+        for (const socket of sockets) socket.destroy();
       }, closeGraceMs);
       // server.close() stops accepting at once; its callback runs when the
       // last connection has closed.
@@ -766,7 +874,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
         clearTimeout(timer);
         resolve();
       });
-      for (const connection of connections) connection.stop();
+      for (const endIfDone of connections) endIfDone();
     });
     return closed;
   }
@@ -808,6 +916,20 @@ export interface ConnectOptions {
    * @default {5000}
    */
   timeoutMs?: number;
+  /**
+   * Connect with TLS: options for `node:tls`'s `connect`, such as `ca` (the
+   * authority that signed the server's certificate), and `key` and `cert`
+   * for a server that asks for a client certificate.
+   * @default {undefined} (plain TCP)
+   */
+  tls?: ConnectionOptions;
+  /**
+   * The longest reply accepted, in bytes. A longer one fails the call (for
+   * {@linkcode connect}, every pending call) and closes the connection, so a
+   * broken or hostile server cannot fill the client's memory.
+   * @default {16777216} (16 MiB: a reply may be much longer than its request)
+   */
+  maxReplyBytes?: number;
 }
 
 /** Options for {@linkcode rpcCall}: where, how long, and a way to give up. */
@@ -825,29 +947,29 @@ function isRpcReply(value: unknown): value is RpcReply {
 }
 
 /**
- * Reads replies from a client's socket: calls `onReply` with each whole one,
- * or `onError` when the bytes are not a JSON-RPC reply. Both clients use it;
- * a reply needs no newline, as the Python lab's server sends none.
+ * Opens a connection to the server (TCP, or TLS with `tls`) and reads its
+ * replies: `onReply` gets each whole one; it needs no newline, as the Python
+ * lab's server sends none. A reply that is not JSON-RPC, or is longer than
+ * `maxReplyBytes`, fails the connection with an "error" event.
  */
-function readReplies(socket: Socket, onReply: (reply: RpcReply) => void, onError: (error: Error) => void): void {
-  const reader = createMessageReader(Number.POSITIVE_INFINITY, (bytes) => {
-    let reply: unknown;
-    try {
-      reply = parseMessage(bytes);
-    } catch (error) {
-      onError(new Error(`the reply is not JSON (${errorMessage(error)})`));
-      return;
-    }
-    if (isRpcReply(reply)) onReply(reply);
-    else onError(new Error(`the reply is not a JSON-RPC response: ${describe(reply)}`));
-  });
+function openConnection(options: ConnectOptions, onReply: (reply: RpcReply) => void): Socket {
+  const { port = 5000, host = "127.0.0.1", tls, maxReplyBytes = 16 * 1024 * 1024 } = options;
+  const socket = tls === undefined ? createConnection({ port, host }) : tlsConnect({ port, host, ...tls });
+  const reader = createMessageReader(maxReplyBytes);
   socket.on("data", (chunk: Buffer) => {
+    reader.push(chunk);
     try {
-      reader.push(chunk);
+      for (let bytes = reader.next(); bytes !== undefined; bytes = reader.next()) {
+        const reply = parseMessage(bytes);
+        if (!isRpcReply(reply)) throw new TypeError(`not a JSON-RPC response: ${describe(reply)}`);
+        onReply(reply);
+      }
     } catch (error) {
-      onError(new Error(`the reply is not JSON (${errorMessage(error)})`));
+      const what = error instanceof RangeError ? "the reply is too long" : "the reply is not JSON-RPC";
+      socket.destroy(new Error(`${what} (${errorMessage(error)})`));
     }
   });
+  return socket;
 }
 
 /**
@@ -933,7 +1055,7 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
 
   return new Promise((resolve, reject) => {
     signal?.throwIfAborted(); // thrown here, it rejects the promise before any socket exists
-    const socket = createConnection({ port, host });
+    const socket = openConnection(options, (reply) => settle(undefined, reply));
     const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
 
     // A promise settles once, so whichever of these runs first decides.
@@ -948,7 +1070,6 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
     }
 
     // The reply is the first whole JSON text; then the socket is destroyed.
-    readReplies(socket, (reply) => settle(undefined, reply), fail);
     socket.on("end", () => fail(new Error("the server closed the connection before replying")));
     socket.on("error", fail);
     socket.write(request + "\n"); // queued until the connection is made
@@ -1024,7 +1145,12 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
   let nextId = 1;
   let closedBecause: Error | undefined; // set once the connection is gone
 
-  const socket = createConnection({ port, host });
+  const socket = openConnection(options, (reply) => {
+    // A reply whose id matches no call (it timed out, or the server could
+    // not read the id) has no one to go to.
+    if (typeof reply.id === "number") pending.get(reply.id)?.settle(undefined, reply);
+  });
+  const writer = createWriter(socket);
 
   /** Rejects every call still waiting: after this, nothing is left in `pending`. */
   function dropConnection(cause: Error): void {
@@ -1032,24 +1158,13 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
     socket.destroy();
     for (const call of pending.values()) call.settle(callError(`call ${call.method}`, where, closedBecause));
   }
-
-  readReplies(socket, (reply) => {
-    // A reply whose id matches no call (it timed out, or the server could
-    // not read the id) has no one to go to.
-    if (typeof reply.id === "number") pending.get(reply.id)?.settle(undefined, reply);
-  }, dropConnection);
   socket.on("end", () => dropConnection(new Error("the server closed the connection")));
-
-  const writer = createWriter(socket);
-
-  function send(request: { jsonrpc: "2.0"; method: string; params?: RpcParams; id?: number }): void {
-    if (closedBecause !== undefined) throw closedBecause;
-    writer.write(JSON.stringify(request) + "\n");
-  }
 
   function call(method: string, params?: RpcParams, { signal }: Pick<CallOptions, "signal"> = {}): Promise<RpcReply> {
     return new Promise((resolve, reject) => {
-      signal?.throwIfAborted(); // thrown here, it rejects the promise before anything is sent
+      // Thrown here, either rejects the promise before anything is sent.
+      signal?.throwIfAborted();
+      if (closedBecause !== undefined) throw callError(`call ${method}`, where, closedBecause);
       const id = nextId++;
       const fail = (cause: Error) => settle(callError(`call ${method}`, where, cause));
       const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
@@ -1063,22 +1178,15 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
         else resolve(reply);
       }
       pending.set(id, { method, settle });
-      try {
-        send({ jsonrpc: "2.0", method, params, id });
-      } catch (error) {
-        fail(asError(error));
-      }
+      writer.write(JSON.stringify({ jsonrpc: "2.0", method, params, id }) + "\n");
     });
   }
 
   const client: RpcClient = {
     call,
     notify(method, params) {
-      try {
-        send({ jsonrpc: "2.0", method, params });
-      } catch (error) {
-        throw callError(`notify ${method}`, where, asError(error));
-      }
+      if (closedBecause !== undefined) throw callError(`notify ${method}`, where, closedBecause);
+      writer.write(JSON.stringify({ jsonrpc: "2.0", method, params }) + "\n");
     },
     stub<T>() {
       const get = (_: object, name: string | symbol) =>
@@ -1102,7 +1210,7 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
   };
 
   return new Promise((resolve, reject) => {
-    socket.once("connect", () => resolve(client));
+    socket.once(options.tls === undefined ? "connect" : "secureConnect", () => resolve(client));
     socket.on("error", (error) => {
       reject(callError("connect", where, error)); // ignored once connected
       dropConnection(error);
