@@ -11,13 +11,16 @@
  *
  * Options: `--port N` (default 5000), `--host H` (default 127.0.0.1; `serve
  * --host 0.0.0.0` opens the server to the network), `--trace` (serve: print
- * every message in and out). The same commands work with `deno run -P
+ * every message in and out), `--tls` (serve and client: TLS with client
+ * certificates, from tls/). The same commands work with `deno run -P
  * demo.ts` (`-P=remote` for another host), `bun demo.ts` and, on Node 23.6
  * or later, `node demo.ts`.
  *
  * @module
  */
+import { readFileSync } from "node:fs";
 import os from "node:os";
+import type { TlsOptions } from "node:tls";
 import process from "node:process";
 import { setTimeout } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
@@ -191,15 +194,36 @@ function reachableAddresses(): string[] {
     .map((address) => address!.address);
 }
 
-async function serve(target: Required<Pick<ConnectOptions, "host" | "port">>, trace: boolean): Promise<RpcServer> {
+/** A certificate or key from tls/ (made by tls/make-certs.sh), or an error that says how to make them. */
+function pem(name: string): Buffer {
+  try {
+    return readFileSync(new URL(`./tls/${name}.pem`, import.meta.url));
+  } catch (error) {
+    throw new Error(`--tls needs tls/${name}.pem: make the certificates with \`sh tls/make-certs.sh\``, {
+      cause: error,
+    });
+  }
+}
+
+/** The server's TLS options: its certificate, and only clients with a certificate our CA signed get in. */
+const serverTls = () => ({ key: pem("server-key"), cert: pem("server"), ca: pem("ca"), requestCert: true });
+/** The client's TLS options: trust our CA, and show our client certificate. */
+const clientTls = () => ({ ca: pem("ca"), key: pem("client-key"), cert: pem("client") });
+
+/** Prints one message of the wire view: who, which way, and the JSON, cut short when long. */
+function printTrace(arrow: string, address: string, text: string): void {
+  console.log(`  [server] ${address} ${arrow} ${short(text)}`);
+}
+
+async function serve(
+  target: { host: string; port: number },
+  { trace, tls }: { trace: boolean; tls?: TlsOptions },
+): Promise<RpcServer> {
   const { log, flush } = createServerLog();
-  const server = await startServer({
-    ...target,
-    log,
-    trace: trace ? (arrow, address, text) => console.log(`  [server] ${address} ${arrow} ${short(text)}`) : undefined,
-  });
+  const server = await startServer({ ...target, tls, log, trace: trace ? printTrace : undefined });
   FUNCTIONS.whoami = () => `server on port ${server.port}`;
-  console.log(`RPC server on ${target.host}:${server.port} (${runtime()})`);
+  const how = tls === undefined ? "" : ", TLS with client certificates";
+  console.log(`RPC server on ${target.host}:${server.port} (${runtime()}${how})`);
   if (!isLoopback(target.host)) {
     const addresses = target.host === "0.0.0.0" ? reachableAddresses() : [target.host];
     console.log(`Reachable from other machines at ${addresses.map((a) => `${a}:${server.port}`).join(", ")}`);
@@ -421,6 +445,7 @@ async function main(): Promise<void> {
         port: { type: "string", default: String(port) },
         host: { type: "string", default: host },
         trace: { type: "boolean", default: false },
+        tls: { type: "boolean", default: false },
       },
       allowPositionals: true,
     });
@@ -430,8 +455,10 @@ async function main(): Promise<void> {
     }
     if (!hasNetworkPermission(host)) throw Object.assign(new Error("no permission"), { name: "NotCapable" });
     const mode = positionals[0] ?? "all";
+    const serverOptions = { trace: values.trace, tls: values.tls ? serverTls() : undefined };
+    const tls = values.tls ? clientTls() : undefined;
     if (mode === "serve") {
-      const server = await serve({ host, port }, values.trace);
+      const server = await serve({ host, port }, serverOptions);
       console.log(`Waiting for clients; Ctrl+C stops.${values.trace ? "" : " (--trace shows every message.)"}`);
       const stop = async (signal: string) => {
         console.log(`\n${signal}: closing; calls in flight may finish first.`);
@@ -441,11 +468,11 @@ async function main(): Promise<void> {
       process.once("SIGINT", () => stop("SIGINT"));
       process.once("SIGTERM", () => stop("SIGTERM"));
     } else if (mode === "client") {
-      console.log(`Client of ${host}:${port} (${runtime()})`);
-      await runClient({ host, port });
+      console.log(`Client of ${host}:${port} (${runtime()}${tls === undefined ? "" : ", TLS"})`);
+      await runClient({ host, port, tls });
     } else if (mode === "all") {
-      const server = await serve({ host, port }, values.trace);
-      await runClient({ host, port: server.port });
+      const server = await serve({ host, port }, serverOptions);
+      await runClient({ host, port: server.port, tls });
       await server.close();
       console.log("\nServer closed.");
     } else if (mode === "failures") {

@@ -239,113 +239,127 @@ interface Budget {
   readonly max: number;
 }
 
-/** A message reader: give it chunks as they arrive; take whole messages out when ready for them. */
-interface MessageReader {
+/**
+ * Splits a byte stream into JSON messages by counting brackets outside
+ * strings. Give it chunks as they arrive (`push`); take whole messages out
+ * when ready for them (`next`), so a busy server can leave messages waiting
+ * in their chunk. It keeps only the bytes of the unfinished message, at most
+ * `maxBytes` of them, and counts them against `budget`. A class, because
+ * every connection has one: its methods are shared, where closures would be
+ * made again for each connection.
+ */
+class MessageReader {
+  private readonly maxBytes: number;
+  private readonly budget: Budget;
+  private chunks: Uint8Array[] = []; // arrived and not yet read through; reading is in chunks[0]
+  private at = 0; // the next byte to look at in chunks[0]
+  private start = 0; // where the current message begins in chunks[0]
+  private parts: Uint8Array[] = []; // the current message's bytes from earlier chunks
+  private held = 0; // their length
+  // The closer each open bracket expects, innermost last; empty between
+  // messages. A `]` where a `}` belongs can never be mended by later bytes,
+  // so it is an error now, not a long wait.
+  private closers: number[] = [];
+  private inString = false;
+  private escaped = false; // the previous byte was a backslash inside a string
+
+  constructor(maxBytes: number, budget: Budget = { held: 0, max: Infinity }) {
+    this.maxBytes = maxBytes;
+    this.budget = budget;
+  }
+
   /** Adds a chunk that has just arrived. */
-  push(chunk: Uint8Array): void;
+  push(chunk: Uint8Array): void {
+    this.chunks.push(chunk);
+  }
+
   /**
    * The next whole message, or undefined until more bytes come. Throws when
    * the stream can no longer be split into messages: RangeError for too
    * long, too deep or over budget; SyntaxError for bytes that are not JSON.
    */
-  next(): Uint8Array | undefined;
-  /** True when part of a message has arrived but not its end. */
-  hasPartial(): boolean;
-  /** Gives the bytes it holds back to the budget; for when the connection closes. */
-  release(): void;
-}
-
-/**
- * Splits a byte stream into JSON messages by counting brackets outside
- * strings. Keeps only the bytes of the unfinished message, at most `maxBytes`
- * of them, and counts them against `budget`. It reads only when asked
- * (`next()`), so a busy server can leave messages waiting in their chunk.
- */
-function createMessageReader(maxBytes: number, budget: Budget = { held: 0, max: Infinity }): MessageReader {
-  const chunks: Uint8Array[] = []; // arrived and not yet read through; reading is in chunks[0]
-  let at = 0; // the next byte to look at in chunks[0]
-  let start = 0; // where the current message begins in chunks[0]
-  let parts: Uint8Array[] = []; // the current message's bytes from earlier chunks
-  let held = 0; // their length
-  let depth = 0; // open brackets not yet closed; 0 means between messages
-  // The closer each open bracket expects: a `]` where a `}` belongs can
-  // never be mended by later bytes, so it is an error now, not a long wait.
-  const closers = new Uint8Array(MAX_DEPTH + 1);
-  let inString = false;
-  let escaped = false; // the previous byte was a backslash inside a string
-
-  function next(): Uint8Array | undefined {
+  next(): Uint8Array | undefined {
+    const { chunks, closers } = this;
     while (chunks.length > 0) {
       const chunk = chunks[0];
-      for (; at < chunk.length; at++) {
-        const byte = chunk[at];
-        if (depth === 0) {
+      for (; this.at < chunk.length; this.at++) {
+        const byte = chunk[this.at];
+        if (closers.length === 0) {
           if (WHITESPACE.has(byte)) continue;
           if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
             throw new SyntaxError(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
           }
-          start = at;
-          depth = 1;
-          closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
-        } else if (inString) {
-          if (escaped) escaped = false;
-          else if (byte === BACKSLASH) escaped = true;
-          else if (byte === QUOTE) inString = false;
+          this.start = this.at;
+          closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
+        } else if (this.inString) {
+          if (this.escaped) this.escaped = false;
+          else if (byte === BACKSLASH) this.escaped = true;
+          else if (byte === QUOTE) this.inString = false;
         } else if (byte === QUOTE) {
-          inString = true;
+          this.inString = true;
         } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
-          depth++;
-          if (depth > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
-          closers[depth] = byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET;
+          closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
+          if (closers.length > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
         } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
-          if (byte !== closers[depth]) {
-            throw new SyntaxError(`expected ${String.fromCharCode(closers[depth])}, got ${String.fromCharCode(byte)}`);
+          const expected = closers.pop() ?? byte;
+          if (byte !== expected) {
+            throw new SyntaxError(`expected ${String.fromCharCode(expected)}, got ${String.fromCharCode(byte)}`);
           }
-          depth--;
-          if (depth === 0) {
-            at++;
-            return take(chunk.subarray(start, at));
+          if (closers.length === 0) {
+            this.at++;
+            return this.take(chunk.subarray(this.start, this.at));
           }
         }
       }
-      if (depth > 0) keep(chunk.subarray(start)); // the chunk ends inside a message
+      if (closers.length > 0) this.keep(chunk.subarray(this.start)); // the chunk ends inside a message
       chunks.shift();
-      at = 0;
-      start = 0;
+      this.at = 0;
+      this.start = 0;
     }
     return undefined;
   }
 
+  /** True when part of a message has arrived but not its end. */
+  hasPartial(): boolean {
+    return this.closers.length > 0;
+  }
+
+  /** Drops everything held, and gives it back to the budget; for when the connection closes. */
+  release(): void {
+    this.dropParts();
+    this.chunks = []; // a chunk may share memory with far more bytes than it shows
+  }
+
   /** The whole message that `tail` ends: joined to its earlier parts, if it has any. */
-  function take(tail: Uint8Array): Uint8Array {
-    checkLength(held + tail.length);
-    const message = parts.length === 0 ? tail : Buffer.concat([...parts, tail]);
-    release();
+  private take(tail: Uint8Array): Uint8Array {
+    this.checkLength(this.held + tail.length);
+    const message = this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail]);
+    this.dropParts();
     return message;
   }
 
   /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (Buffer's slice() would not copy). */
-  function keep(part: Uint8Array): void {
-    checkLength(held + part.length);
-    if (budget.held + part.length > budget.max) {
-      throw new RangeError(`the server already holds ${budget.held} bytes of unfinished messages; send yours later`);
+  private keep(part: Uint8Array): void {
+    this.checkLength(this.held + part.length);
+    if (this.budget.held + part.length > this.budget.max) {
+      throw new RangeError(
+        `the server already holds ${this.budget.held} bytes of unfinished messages; send yours later`,
+      );
     }
-    parts.push(new Uint8Array(part));
-    held += part.length;
-    budget.held += part.length;
+    this.parts.push(new Uint8Array(part));
+    this.held += part.length;
+    this.budget.held += part.length;
   }
 
-  function checkLength(length: number): void {
-    if (length > maxBytes) throw new RangeError(`message longer than the limit of ${maxBytes} bytes`);
+  private checkLength(length: number): void {
+    if (length > this.maxBytes) throw new RangeError(`message longer than the limit of ${this.maxBytes} bytes`);
   }
 
-  function release(): void {
-    budget.held -= held;
-    parts = [];
-    held = 0;
+  private dropParts(): void {
+    this.budget.held -= this.held;
+    this.parts = [];
+    this.held = 0;
   }
-
-  return { push: (chunk) => chunks.push(chunk), next, hasPartial: () => depth > 0, release };
 }
 
 // `fatal: true` makes invalid UTF-8 an error instead of silent U+FFFD marks.
@@ -566,37 +580,39 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 // Writing: one system call per turn of the event loop, not one per message
 // ---------------------------------------------------------------------------
 
-/** Queues text for a socket; see {@linkcode createWriter}. */
-interface Writer {
-  /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
-  write(text: string): void;
-  /** Writes what is queued now (before ending the socket, say). */
-  flush(): void;
-  /** True while the runtime holds more unsent bytes than its buffer's worth: time to stop making more. */
-  full(): boolean;
-}
-
 /**
  * Joins everything written to `socket` in one turn of the event loop into one
  * write. A client that sends 50 requests in one packet then gets its 50
  * replies in one packet too, and the server makes one system call, not 50:
- * the biggest cost the profiler found.
+ * the biggest cost the profiler found. (A class for the reason MessageReader is one.)
  */
-function createWriter(socket: Socket): Writer {
-  let queued = "";
-  function flush(): void {
-    if (queued === "" || !socket.writable) return;
-    const text = queued;
-    queued = "";
-    socket.write(text);
+class Writer {
+  private readonly socket: Socket;
+  private queued = "";
+
+  constructor(socket: Socket) {
+    this.socket = socket;
   }
-  function write(text: string): void {
-    if (queued === "") setImmediate(flush); // once the callbacks of this turn have all run
-    queued += text;
-    if (queued.length >= socket.writableHighWaterMark) flush(); // a buffer's worth: no use waiting
+
+  /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
+  write(text: string): void {
+    if (this.queued === "") setImmediate(() => this.flush()); // once the callbacks of this turn have all run
+    this.queued += text;
+    if (this.queued.length >= this.socket.writableHighWaterMark) this.flush(); // a buffer's worth: no use waiting
   }
-  const full = () => socket.writableLength >= socket.writableHighWaterMark;
-  return { write, flush, full };
+
+  /** Writes what is queued now (before ending the socket, say). */
+  flush(): void {
+    if (this.queued === "" || !this.socket.writable) return;
+    const text = this.queued;
+    this.queued = "";
+    this.socket.write(text);
+  }
+
+  /** True while the runtime holds more unsent bytes than its buffer's worth: time to stop making more. */
+  full(): boolean {
+    return this.socket.writableLength >= this.socket.writableHighWaterMark;
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -646,7 +662,7 @@ export interface ServerOptions extends HandleOptions {
    * The most bytes of unfinished messages the server holds, all connections
    * together. A connection that would take it past this gets one -32600
    * reply and is closed; the others go on.
-   * @default {67108864} (64 MiB)
+   * @default {33554432} (32 MiB: 32 connections each half-way through a 1 MiB message)
    */
   maxUnfinishedBytes?: number;
   /**
@@ -712,7 +728,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     log = () => {},
     trace,
     maxMessageBytes = 1024 * 1024,
-    maxUnfinishedBytes = 64 * 1024 * 1024,
+    maxUnfinishedBytes = 32 * 1024 * 1024,
     maxCallsPerConnection = 250,
     maxConnections = 1000,
     idleTimeoutMs = 60_000,
@@ -750,8 +766,8 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 
   /** Reads requests from one socket and writes their replies. */
   function serve(socket: Socket, address: string): void {
-    const reader = createMessageReader(maxMessageBytes, budget);
-    const writer = createWriter(socket);
+    const reader = new MessageReader(maxMessageBytes, budget);
+    const writer = new Writer(socket);
     let running = 0; // calls and notifications started and not yet finished
     let received = 0; // messages read, over the connection's life
     let ended = false; // the client has ended its side: no more bytes will come
@@ -955,7 +971,7 @@ function isRpcReply(value: unknown): value is RpcReply {
 function openConnection(options: ConnectOptions, onReply: (reply: RpcReply) => void): Socket {
   const { port = 5000, host = "127.0.0.1", tls, maxReplyBytes = 16 * 1024 * 1024 } = options;
   const socket = tls === undefined ? createConnection({ port, host }) : tlsConnect({ port, host, ...tls });
-  const reader = createMessageReader(maxReplyBytes);
+  const reader = new MessageReader(maxReplyBytes);
   socket.on("data", (chunk: Buffer) => {
     reader.push(chunk);
     try {
@@ -1150,7 +1166,7 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
     // not read the id) has no one to go to.
     if (typeof reply.id === "number") pending.get(reply.id)?.settle(undefined, reply);
   });
-  const writer = createWriter(socket);
+  const writer = new Writer(socket);
 
   /** Rejects every call still waiting: after this, nothing is left in `pending`. */
   function dropConnection(cause: Error): void {

@@ -17,8 +17,8 @@ export interface ChildServer {
   pid: number;
   /** Resident memory now, in MB (read from /proc, so Linux only). */
   rssMb(): number;
-  /** SIGTERM, then wait for the process to exit. */
-  stop(): Promise<void>;
+  /** Sends a signal (SIGTERM: close gracefully), then waits for the process to exit. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
 /** The binary for a runtime: CI's copy in .ci/node_modules if there, else the one on PATH. */
@@ -86,8 +86,8 @@ export async function startChild(runtime: Runtime, args: string[] = [], file?: s
     port,
     pid,
     rssMb: () => rssMb(pid),
-    async stop() {
-      child.kill("SIGTERM");
+    async stop(signal = "SIGTERM") {
+      child.kill(signal);
       await exited;
     },
   };

@@ -13,6 +13,14 @@
  * 8 MiB of one unterminated message raise the peak by under 120 MB and the
  * next call is answered; two equal chaos rounds lose no well-behaved call and
  * grow under 25 MB from the end of the first to the end of the second.
+ * Work in progress: 200,000 pipelined calls (or notifications) to a method
+ * that waits 20 s raise the server by under 100 MB, and a call on another
+ * connection answers within 500 ms; 20,000 pipelined calls to a method that
+ * waits 200 ms are all answered. The server-wide budget: 900 connections each
+ * sending 1,000,000 bytes of a message that never ends raise it by under
+ * 200 MB, and a call answers meanwhile. The client's limit: a server that
+ * streams an endless reply grows a connect() client by under 100 MB, and the
+ * call rejects within its timeout.
  */
 import { once } from "node:events";
 import { connect, type Socket } from "node:net";
@@ -20,7 +28,7 @@ import os from "node:os";
 import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
 import { parseArgs } from "node:util";
-import { rpcCall } from "../rpc.ts";
+import { connect as rpcConnect, rpcCall } from "../rpc.ts";
 import { type ChildServer, type Runtime, startChild, thisRuntime, version } from "./child.ts";
 
 const { values } = parseArgs({
@@ -40,6 +48,9 @@ const SIZES = {
   perCallClients: small ? 200 : 1000,
   pipelinedClients: small ? 4 : 10,
   pipelinedCalls: small ? 200 : 1000,
+  waitingRequests: small ? 20_000 : 200_000,
+  shortWaits: small ? 2000 : 20_000,
+  unfinishedConnections: small ? 100 : 900,
 };
 const MB = 1024 * 1024;
 
@@ -296,6 +307,163 @@ async function chaosRound(server: ChildServer, round: number): Promise<number> {
   return after;
 }
 
+/** Writes `count` requests to wait(ms) on one connection, all at once: the server reads them as it can. */
+async function pipelineWaits(port: number, count: number, ms: number, notify: boolean): Promise<Socket> {
+  const socket = await open(port);
+  const requests = Array.from(
+    { length: count },
+    (_, id) =>
+      JSON.stringify(
+        notify
+          ? { jsonrpc: "2.0", method: "wait", params: [ms] }
+          : { jsonrpc: "2.0", method: "wait", params: [ms], id },
+      ),
+  );
+  socket.write(requests.join("\n") + "\n");
+  return socket;
+}
+
+/** Many calls to a method that waits 20 s, on one connection: the server holds only its cap of them. */
+async function workInProgressPhase(server: ChildServer, notify: boolean): Promise<void> {
+  const what = `${SIZES.waitingRequests} pipelined ${notify ? "notifications" : "calls"} to wait(20 s)`;
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const socket = await pipelineWaits(server.port, SIZES.waitingRequests, 20_000, notify);
+  socket.resume();
+  await delay(1000);
+  await tally.call(server.port, 3);
+  await delay(2000);
+  const peak = sampler.stop();
+  socket.destroy();
+  row(what, tally, before, peak, server.rssMb());
+  check(peak - before < 100, `${what} raise the server by ${(peak - before).toFixed(1)} MB (target < 100 MB)`);
+  check(
+    tally.answered === 1 && tally.latencies[0] < 500,
+    `a call on another connection meanwhile answers in ${tally.latencies[0]?.toFixed(1)} ms (target < 500 ms)`,
+  );
+}
+
+/** Many calls to a method that waits 200 ms, on one connection: paused at the cap, never dropped. */
+async function shortWaitsPhase(server: ChildServer): Promise<void> {
+  const what = `${SIZES.shortWaits} pipelined calls to wait(200 ms)`;
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const started = performance.now();
+  const socket = await pipelineWaits(server.port, SIZES.shortWaits, 200, false);
+  socket.setEncoding("utf8");
+  let answered = 0;
+  const done = new Promise<void>((resolve) => {
+    socket.on("data", (chunk: string) => {
+      for (const line of chunk.split("\n")) if (line.includes('"result":"waited"')) answered++;
+      if (answered === SIZES.shortWaits) resolve();
+    });
+    socket.on("close", () => resolve());
+  });
+  await delay(500);
+  await tally.call(server.port, 4);
+  await Promise.race([done, delay(120_000, undefined, { ref: false })]);
+  const seconds = (performance.now() - started) / 1000;
+  socket.destroy();
+  row(what, tally, before, sampler.stop(), server.rssMb());
+  check(
+    answered === SIZES.shortWaits,
+    `${what}: ${answered} answered in ${seconds.toFixed(1)} s (target: all of them)`,
+  );
+  check(
+    tally.answered === 1 && tally.latencies[0] < 500,
+    `a call on another connection meanwhile answers in ${tally.latencies[0]?.toFixed(1)} ms (target < 500 ms)`,
+  );
+}
+
+/** Opens SIZES.unfinishedConnections connections, each sending 1,000,000 bytes of a message that never ends. */
+async function sendUnfinished(port: number): Promise<{ sockets: Socket[]; refused(): number }> {
+  const chunk = Buffer.from("x".repeat(50_000));
+  let refused = 0;
+  const sockets: Socket[] = [];
+  await pool(
+    100,
+    Array.from({ length: SIZES.unfinishedConnections }, () => async () => {
+      const socket = await open(port);
+      sockets.push(socket);
+      socket.on("data", (data) => {
+        if (String(data).includes('"code":-32600')) refused++;
+      });
+      socket.write('{"jsonrpc":"2.0","method":"add","params":["');
+      for (let sent = 0; sent < 1_000_000 && !socket.destroyed; sent += chunk.length) {
+        if (!socket.write(chunk)) await Promise.race([once(socket, "drain"), once(socket, "close")]);
+      }
+    }),
+  );
+  return { sockets, refused: () => refused };
+}
+
+/** Many connections each sending most of a message that never ends: the server-wide budget holds. */
+async function budgetPhase(server: ChildServer): Promise<void> {
+  // The same bytes sent to a bare server that reads and keeps nothing: what the runtime costs alone.
+  const bare = await startChild(runtime, ["--discard"]);
+  const bareBefore = bare.rssMb();
+  const bareSampler = peakSampler(bare);
+  const bareLoad = await sendUnfinished(bare.port);
+  await delay(500);
+  const bareGrowth = bareSampler.stop() - bareBefore;
+  for (const socket of bareLoad.sockets) socket.destroy();
+  await bare.stop("SIGKILL");
+
+  const what = `${SIZES.unfinishedConnections} x 1,000,000 bytes unfinished`;
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const load = await sendUnfinished(server.port);
+  await delay(500);
+  await tally.call(server.port, 5);
+  const peak = sampler.stop();
+  for (const socket of load.sockets) socket.destroy();
+  await delay(500);
+  row(what, tally, before, peak, server.rssMb());
+  check(
+    peak - before < 200,
+    `${what} raise the server by ${(peak - before).toFixed(1)} MB (target < 200 MB; a bare server that reads ` +
+      `and keeps nothing grows by ${bareGrowth.toFixed(1)} MB on the same bytes)`,
+  );
+  check(load.refused() > 0, `connections past the budget were refused with -32600 (${load.refused()} were)`);
+  check(tally.answered === 1, "a call on another connection meanwhile is answered");
+}
+
+/** A broken server whose reply never ends: the client's own memory is what is measured. */
+async function endlessReplyPhase(): Promise<void> {
+  const endless = await startChild(runtime, ["--endless"]);
+  const rssMb = () => process.memoryUsage().rss / MB;
+  const before = rssMb();
+  let peak = before;
+  const timer = setInterval(() => (peak = Math.max(peak, rssMb())), 20);
+  const started = performance.now();
+  let outcome = "it resolved";
+  const client = await rpcConnect({ port: endless.port, timeoutMs: 5000 });
+  try {
+    await client.call("add", [1, 2]);
+  } catch (error) {
+    outcome = String(error instanceof Error ? error.message : error);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  await delay(500); // anything still arriving would show now
+  clearInterval(timer);
+  peak = Math.max(peak, rssMb());
+  await client.close();
+  await endless.stop();
+  const tally = new Tally();
+  row("an endless reply (client memory)", tally, before, peak, rssMb());
+  check(
+    peak - before < 100,
+    `an endless reply grows the connect() client by ${(peak - before).toFixed(1)} MB (target < 100 MB)`,
+  );
+  check(
+    seconds < 5 && outcome.includes("too long"),
+    `the call rejects in ${seconds.toFixed(2)} s (target: within its 5 s timeout): ${outcome}`,
+  );
+}
+
 // ---------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------
@@ -325,6 +493,22 @@ check(
   } MB (target < 25 MB)`,
 );
 await server.stop();
+
+// Each of these phases gets a fresh server: calls left waiting would blur the next phase's memory.
+for (
+  const phase of [
+    (fresh: ChildServer) => workInProgressPhase(fresh, false),
+    (fresh: ChildServer) => workInProgressPhase(fresh, true),
+    shortWaitsPhase,
+    budgetPhase,
+  ]
+) {
+  const fresh = await startChild(runtime, ["--max-connections", String(SIZES.unfinishedConnections + 100)]);
+  await pool(20, Array.from({ length: 200 }, (_, i) => () => warmUp.call(fresh.port, i)));
+  await phase(fresh);
+  await fresh.stop("SIGKILL"); // its calls would wait 20 s more, and close() waits for calls
+}
+await endlessReplyPhase();
 
 const fmt = (n: number) => (Number.isNaN(n) ? "-" : n.toFixed(1));
 console.log("\n| phase | calls answered | lost | p50 ms | p99 ms | RSS before MB | peak MB | after MB |");
