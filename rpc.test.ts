@@ -1234,6 +1234,21 @@ describe("connect()", () => {
     expect(getEventListeners(controller.signal, "abort")).toHaveLength(0);
   });
 
+  test("when the server closes, a call in flight is answered and later calls fail fast, naming the connection", async () => {
+    const server = await start({ closeGraceMs: 2000 });
+    const rpc = await client(server.port, { timeoutMs: 10_000 });
+    const inFlight = rpc.call("sleep", [100]);
+    await delay(20);
+    const closing = server.close();
+    expect(await inFlight).toMatchObject({ result: "slept 100" });
+    await closing;
+    const started = Date.now();
+    await expect(rpc.call("add", [1, 2])).rejects.toThrow(
+      `call add to 127.0.0.1:${server.port} failed: the server closed the connection`,
+    );
+    expect(Date.now() - started).toBeLessThan(100);
+  });
+
   test("connect() to a closed port rejects naming the address and the cause", async () => {
     const port = await freePort();
     await expect(connect({ port })).rejects.toThrow(
@@ -1829,6 +1844,39 @@ describe.skipIf(!hasGo)(`Go's net/rpc/jsonrpc, a JSON-RPC 1.0 peer (${hasGo ? "f
     expect(() => resultOf(reply)).toThrow(new RpcError(ERROR_CODES.INTERNAL_ERROR, "divide by zero"));
     expect(resultOf(await rpc.call("Arith.Divide", [{ A: 12, B: 4 }]))).toBe(3);
   });
+});
+
+const hasHaproxy = spawnSync("haproxy", ["-v"]).status === 0;
+
+describe.skipIf(!hasHaproxy)(`behind HAProxy (${hasHaproxy ? "found" : "SKIPPED: needs haproxy"})`, () => {
+  test(
+    "deploy/cluster.ts serves through HAProxy: new connections spread, a persistent one stays; SIGTERM stops all",
+    async () => {
+      const port = await freePort(); // and, most likely, the two after it for the servers
+      const [command, args] = runTypeScript(fileURLToPath(new URL("./deploy/cluster.ts", import.meta.url)));
+      const cluster = spawn(command, [...args, "--port", String(port)], { stdio: ["ignore", "pipe", "pipe"] });
+      let output = "";
+      cluster.stdout?.on("data", (chunk) => (output += chunk));
+      cluster.stderr?.on("data", (chunk) => (output += chunk));
+      cleanups.push(() => cluster.kill("SIGKILL"));
+      await waitFor(() => output.includes("Try:") || cluster.exitCode !== null, "the cluster to start", 10_000);
+      expect(output).toContain(`HAProxy on 127.0.0.1:${port}`);
+      const spread = new Set(
+        await Promise.all(Array.from({ length: 6 }, () => rpcCall("whoami", [], { port }).then(resultOf))),
+      );
+      expect(spread.size).toBe(2); // round robin: new connections go to both servers
+      const calc = (await client(port)).stub<{ whoami(): string }>();
+      const stays = new Set(await Promise.all(Array.from({ length: 6 }, () => calc.whoami())));
+      expect(stays.size).toBe(1); // one connection, one server: HAProxy balances connections, not calls
+      cluster.kill("SIGTERM");
+      await once(cluster, "exit"); // (Deno reports a signal here even after a clean exit)
+      expect(output).toContain("nothing is left running");
+      for (const gone of [port, port + 1, port + 2]) {
+        await expect(rpcCall("add", [1, 2], { port: gone })).rejects.toThrow("ECONNREFUSED");
+      }
+    },
+    15_000,
+  );
 });
 
 describe("jayson, a JSON-RPC 2.0 library from npm", () => {

@@ -662,7 +662,7 @@ export interface ServerOptions extends HandleOptions {
    * The most bytes of unfinished messages the server holds, all connections
    * together. A connection that would take it past this gets one -32600
    * reply and is closed; the others go on.
-   * @default {33554432} (32 MiB: 32 connections each half-way through a 1 MiB message)
+   * @default {16777216} (16 MiB: 16 connections each most of the way through a 1 MiB message)
    */
   maxUnfinishedBytes?: number;
   /**
@@ -728,7 +728,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     log = () => {},
     trace,
     maxMessageBytes = 1024 * 1024,
-    maxUnfinishedBytes = 32 * 1024 * 1024,
+    maxUnfinishedBytes = 16 * 1024 * 1024,
     maxCallsPerConnection = 250,
     maxConnections = 1000,
     idleTimeoutMs = 60_000,
