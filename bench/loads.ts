@@ -136,4 +136,3 @@ export async function perCallClient(port: number, seconds: number): Promise<Samp
   }));
   return { calls: latencies.length, seconds, latencies };
 }
-
