@@ -31,7 +31,7 @@
  * @module
  */
 
-import { Buffer } from "node:buffer";
+import { Buffer, isAscii } from "node:buffer";
 import { createConnection, createServer, type Socket } from "node:net";
 import { connect as tlsConnect, type ConnectionOptions, createServer as tlsServer, type TlsOptions } from "node:tls";
 import { setImmediate } from "node:timers";
@@ -251,10 +251,13 @@ interface Budget {
 class MessageReader {
   private readonly maxBytes: number;
   private readonly budget: Budget;
-  private chunks: Uint8Array[] = []; // arrived and not yet read through; reading is in chunks[0]
+  private chunks: Buffer[] = []; // arrived and not yet read through; reading is in chunks[0]
+  // Each chunk's text when all its bytes are ASCII: decoded once, whole, it
+  // gives each message in it as a slice, with no decoding per message.
+  private texts: Array<string | undefined> = [];
   private at = 0; // the next byte to look at in chunks[0]
   private start = 0; // where the current message begins in chunks[0]
-  private parts: Uint8Array[] = []; // the current message's bytes from earlier chunks
+  private parts: Buffer[] = []; // the current message's bytes from earlier chunks
   private held = 0; // their length
   // The closer each open bracket expects, innermost last; empty between
   // messages. A `]` where a `}` belongs can never be mended by later bytes,
@@ -269,54 +272,86 @@ class MessageReader {
   }
 
   /** Adds a chunk that has just arrived. */
-  push(chunk: Uint8Array): void {
+  push(chunk: Buffer): void {
     this.chunks.push(chunk);
+    this.texts.push(isAscii(chunk) ? chunk.toString("latin1") : undefined); // ASCII: one byte, one character
   }
 
   /**
-   * The next whole message, or undefined until more bytes come. Throws when
-   * the stream can no longer be split into messages: RangeError for too
-   * long, too deep or over budget; SyntaxError for bytes that are not JSON.
+   * The next whole message, or undefined until more bytes come: its text
+   * when it lies in one ASCII chunk, else its bytes. Throws when the stream
+   * can no longer be split into messages: RangeError for too long, too deep
+   * or over budget; SyntaxError for bytes that are not JSON.
    */
-  next(): Uint8Array | undefined {
-    const { chunks, closers } = this;
-    while (chunks.length > 0) {
-      const chunk = chunks[0];
-      for (; this.at < chunk.length; this.at++) {
-        const byte = chunk[this.at];
-        if (closers.length === 0) {
-          if (WHITESPACE.has(byte)) continue;
-          if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
-            throw new SyntaxError(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
-          }
-          this.start = this.at;
-          closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
-        } else if (this.inString) {
-          if (this.escaped) this.escaped = false;
-          else if (byte === BACKSLASH) this.escaped = true;
-          else if (byte === QUOTE) this.inString = false;
-        } else if (byte === QUOTE) {
-          this.inString = true;
-        } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
-          closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
-          if (closers.length > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
-        } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
-          const expected = closers.pop() ?? byte;
-          if (byte !== expected) {
-            throw new SyntaxError(`expected ${String.fromCharCode(expected)}, got ${String.fromCharCode(byte)}`);
-          }
-          if (closers.length === 0) {
-            this.at++;
-            return this.take(chunk.subarray(this.start, this.at));
-          }
-        }
+  next(): string | Buffer | undefined {
+    while (this.chunks.length > 0) {
+      const chunk = this.chunks[0];
+      const text = this.texts[0];
+      const end = this.scan(chunk);
+      if (end >= 0) {
+        this.checkLength(this.held + end - this.start);
+        if (text !== undefined && this.parts.length === 0) return text.slice(this.start, end);
+        return this.take(chunk.subarray(this.start, end));
       }
-      if (closers.length > 0) this.keep(chunk.subarray(this.start)); // the chunk ends inside a message
-      chunks.shift();
+      if (this.closers.length > 0) this.keep(chunk.subarray(this.start)); // the chunk ends inside a message
+      this.chunks.shift();
+      this.texts.shift();
       this.at = 0;
       this.start = 0;
     }
     return undefined;
+  }
+
+  /**
+   * Reads `chunk` on from `at`: returns the index just past the end of the
+   * message that ends in it, or -1 when the chunk ends first. The loop runs
+   * once per byte, so it works on local copies of the state, stored back when it stops.
+   */
+  private scan(chunk: Buffer): number {
+    const { closers } = this;
+    let { at, inString, escaped } = this;
+    let end = -1;
+    for (; at < chunk.length; at++) {
+      let byte = chunk[at];
+      if (inString) {
+        if (escaped) {
+          escaped = false;
+          continue;
+        }
+        // Inside a string only a quote or a backslash matters: run on to the next one.
+        while (byte !== QUOTE && byte !== BACKSLASH && at + 1 < chunk.length) {
+          at++;
+          byte = chunk[at];
+        }
+        if (byte === BACKSLASH) escaped = true;
+        else if (byte === QUOTE) inString = false;
+      } else if (closers.length === 0) {
+        if (WHITESPACE.has(byte)) continue;
+        if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
+          throw new SyntaxError(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
+        }
+        this.start = at;
+        closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
+      } else if (byte === QUOTE) {
+        inString = true;
+      } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
+        closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
+        if (closers.length > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
+      } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
+        const expected = closers.pop() ?? byte; // never empty here: we are inside a message
+        if (byte !== expected) {
+          throw new SyntaxError(`expected ${String.fromCharCode(expected)}, got ${String.fromCharCode(byte)}`);
+        }
+        if (closers.length === 0) {
+          end = at + 1;
+          break;
+        }
+      }
+    }
+    this.at = end >= 0 ? end : chunk.length;
+    this.inString = inString;
+    this.escaped = escaped;
+    return end;
   }
 
   /** True when part of a message has arrived but not its end. */
@@ -328,25 +363,25 @@ class MessageReader {
   release(): void {
     this.dropParts();
     this.chunks = []; // a chunk may share memory with far more bytes than it shows
+    this.texts = [];
   }
 
   /** The whole message that `tail` ends: joined to its earlier parts, if it has any. */
-  private take(tail: Uint8Array): Uint8Array {
-    this.checkLength(this.held + tail.length);
+  private take(tail: Buffer): Buffer {
     const message = this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail]);
     this.dropParts();
     return message;
   }
 
-  /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (Buffer's slice() would not copy). */
-  private keep(part: Uint8Array): void {
+  /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (subarray() would share it). */
+  private keep(part: Buffer): void {
     this.checkLength(this.held + part.length);
     if (this.budget.held + part.length > this.budget.max) {
       throw new RangeError(
         `the server already holds ${this.budget.held} bytes of unfinished messages; send yours later`,
       );
     }
-    this.parts.push(new Uint8Array(part));
+    this.parts.push(Buffer.from(part));
     this.held += part.length;
     this.budget.held += part.length;
   }
@@ -365,9 +400,9 @@ class MessageReader {
 // `fatal: true` makes invalid UTF-8 an error instead of silent U+FFFD marks.
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** Decodes and parses one framed message; throws SyntaxError or TypeError. */
-function parseMessage(bytes: Uint8Array): unknown {
-  return JSON.parse(utf8.decode(bytes));
+/** Parses one framed message, decoding it first if it came as bytes; throws SyntaxError or TypeError. */
+function parseMessage(message: string | Buffer): unknown {
+  return JSON.parse(typeof message === "string" ? message : utf8.decode(message));
 }
 
 // ---------------------------------------------------------------------------
@@ -453,6 +488,40 @@ function withDeadline(promise: Promise<unknown>, ms: number, method: string): Pr
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
+/** The reply to something that is not a valid request (-32600), in the request's version. */
+function invalidRequest(version: Version, id: RpcId, message: string): RpcResponse {
+  return errorResponse(version, id, errorObject(ERROR_CODES.INVALID_REQUEST, message));
+}
+
+/** What a reply must know of its request: the version to answer in, the id, and whether to answer at all. */
+interface Call {
+  version: Version;
+  id: RpcId;
+  method: string;
+  isNotification: boolean;
+}
+
+/** The reply to a call whose method returned `result`; none for a notification. */
+function succeeded(call: Call, result: unknown): RpcResponse | undefined {
+  if (call.isNotification) return undefined;
+  if (typeof result === "number" && !Number.isFinite(result)) {
+    // JSON.stringify would quietly send null for these.
+    const message = `${call.method} returned ${result}, which JSON cannot carry`;
+    return errorResponse(call.version, call.id, errorObject(ERROR_CODES.INTERNAL_ERROR, message));
+  }
+  return resultResponse(call.version, call.id, result === undefined ? null : result);
+}
+
+/** The reply to a call whose method threw `error`; none for a notification. */
+function failed(call: Call, error: unknown): RpcResponse | undefined {
+  if (call.isNotification) return undefined;
+  if (hasRpcCode(error)) {
+    return errorResponse(call.version, call.id, errorObject(error.code, error.message, error.data));
+  }
+  // The message only: a stack trace would show the caller our insides.
+  return errorResponse(call.version, call.id, errorObject(ERROR_CODES.INTERNAL_ERROR, errorMessage(error)));
+}
+
 /**
  * Answers one request object: at once when its method returns a plain value,
  * as a Promise when it returns one. Undefined for a notification.
@@ -467,57 +536,46 @@ function handleRequest(
     return messageError(ERROR_CODES.INVALID_REQUEST, `expected a request object, got ${describe(request)}`);
   }
   const { jsonrpc, method, params } = request;
-  const version: Version = inBatch || Object.hasOwn(request, "jsonrpc") ? "2.0" : "1.0";
-  const hasId = Object.hasOwn(request, "id");
+  // Parsed JSON has no undefined values: undefined here means the member is absent.
+  const version: Version = inBatch || jsonrpc !== undefined ? "2.0" : "1.0";
+  const hasId = request.id !== undefined;
   const id = hasId && isRpcId(request.id) ? request.id : null;
-  const fail = (code: number, message: string) => errorResponse(version, id, errorObject(code, message));
   if (hasId && !isRpcId(request.id)) {
-    return fail(ERROR_CODES.INVALID_REQUEST, `id must be a string, number or null, got ${describe(request.id)}`);
+    return invalidRequest(version, id, `id must be a string, number or null, got ${describe(request.id)}`);
   }
   if (version === "2.0" && jsonrpc !== "2.0") {
-    return fail(ERROR_CODES.INVALID_REQUEST, `jsonrpc must be "2.0", got ${describe(jsonrpc)}`);
+    return invalidRequest(version, id, `jsonrpc must be "2.0", got ${describe(jsonrpc)}`);
   }
   if (typeof method !== "string") {
-    return fail(ERROR_CODES.INVALID_REQUEST, `method must be a string, got ${describe(method)}`);
+    return invalidRequest(version, id, `method must be a string, got ${describe(method)}`);
   }
-  let args: unknown[];
-  if (params === undefined) args = [];
-  else if (Array.isArray(params)) args = params;
-  else if (isPlainObject(params)) args = [params];
-  else return fail(ERROR_CODES.INVALID_REQUEST, `params must be an array or an object, got ${describe(params)}`);
+  if (params !== undefined && !Array.isArray(params) && !isPlainObject(params)) {
+    return invalidRequest(version, id, `params must be an array or an object, got ${describe(params)}`);
+  }
+  // An array is spread as arguments, an object is passed as one, none means none.
+  const args: unknown[] = params === undefined ? [] : Array.isArray(params) ? params : [params];
   // A notification gets no reply. In 2.0 it is a request without an id; in
   // 1.0 one whose id is null. The lab's requests have no id at all, and are answered.
-  const isNotification = version === "2.0" ? !hasId : hasId && id === null;
+  const call: Call = { version, id, method, isNotification: version === "2.0" ? !hasId : hasId && id === null };
 
   // Object.hasOwn, not `method in functions`: "constructor" or "__proto__"
   // must not reach the prototype's functions.
   const fn = Object.hasOwn(functions, method) ? functions[method] : undefined;
   if (typeof fn !== "function") {
-    return isNotification ? undefined : fail(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`);
+    return failed(call, new RpcError(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`));
   }
-  const succeeded = (result: unknown): RpcResponse | undefined => {
-    if (isNotification) return undefined;
-    if (typeof result === "number" && !Number.isFinite(result)) {
-      // JSON.stringify would quietly send null for these.
-      return fail(ERROR_CODES.INTERNAL_ERROR, `${method} returned ${result}, which JSON cannot carry`);
-    }
-    return resultResponse(version, id, result === undefined ? null : result);
-  };
-  const failed = (error: unknown): RpcResponse | undefined => {
-    if (isNotification) return undefined;
-    if (hasRpcCode(error)) return errorResponse(version, id, errorObject(error.code, error.message, error.data));
-    // The message only: a stack trace would show the caller our insides.
-    return fail(ERROR_CODES.INTERNAL_ERROR, errorMessage(error));
-  };
   let result: unknown;
   try {
     result = fn(...args);
   } catch (error) {
-    return failed(error);
+    return failed(call, error);
   }
   // Most methods return a plain value: answer it now. Only a Promise is waited for, and not for ever.
-  if (!(result instanceof Promise)) return succeeded(result);
-  return withDeadline(result, callTimeoutMs, method).then(succeeded, failed);
+  if (!(result instanceof Promise)) return succeeded(call, result);
+  return withDeadline(result, callTimeoutMs, method).then(
+    (value) => succeeded(call, value),
+    (error) => failed(call, error),
+  );
 }
 
 /**
@@ -589,9 +647,11 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 class Writer {
   private readonly socket: Socket;
   private queued = "";
+  private blocked = false; // the socket said its buffer is full, and has not drained since
 
   constructor(socket: Socket) {
     this.socket = socket;
+    socket.on("drain", () => (this.blocked = false));
   }
 
   /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
@@ -606,12 +666,12 @@ class Writer {
     if (this.queued === "" || !this.socket.writable) return;
     const text = this.queued;
     this.queued = "";
-    this.socket.write(text);
+    this.blocked = !this.socket.write(text);
   }
 
   /** True while the runtime holds more unsent bytes than its buffer's worth: time to stop making more. */
   full(): boolean {
-    return this.socket.writableLength >= this.socket.writableHighWaterMark;
+    return this.blocked;
   }
 }
 
@@ -802,11 +862,11 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     }
 
     /** Decodes, parses and answers one message; counts its calls while they run. */
-    function handle(bytes: Uint8Array): void {
-      trace?.("-->", address, Buffer.from(bytes).toString()); // invalid UTF-8 shows as U+FFFD
+    function handle(received: string | Buffer): void {
+      trace?.("-->", address, received.toString()); // invalid UTF-8 shows as U+FFFD
       let message: unknown;
       try {
-        message = parseMessage(bytes);
+        message = parseMessage(received);
       } catch (error) {
         send(messageError(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
         return;
@@ -988,25 +1048,6 @@ function openConnection(options: ConnectOptions, onReply: (reply: RpcReply) => v
   return socket;
 }
 
-/**
- * Gives up on a call when its time is up or its signal aborts, whichever
- * comes first. Returns a function that cancels both, for when the call
- * settles another way: after it, no timer or listener is left behind.
- */
-function watchCall(
-  { timeoutMs, signal }: { timeoutMs: number; signal?: AbortSignal },
-  onTimeout: (cause: Error) => void,
-  onAbort: (reason: unknown) => void,
-): () => void {
-  const timer = setTimeout(() => onTimeout(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
-  const abort = () => onAbort(signal?.reason);
-  signal?.addEventListener("abort", abort);
-  return () => {
-    clearTimeout(timer);
-    signal?.removeEventListener("abort", abort);
-  };
-}
-
 /** The error a client call rejects with: what, where, and why. */
 function callError(what: string, where: string, cause: Error): Error {
   return new Error(`${what} to ${where} failed: ${cause.message}`, { cause });
@@ -1072,11 +1113,15 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
   return new Promise((resolve, reject) => {
     signal?.throwIfAborted(); // thrown here, it rejects the promise before any socket exists
     const socket = openConnection(options, (reply) => settle(undefined, reply));
-    const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
+    const timer = setTimeout(() => fail(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
+    const onAbort = () => settle(signal?.reason);
+    signal?.addEventListener("abort", onAbort);
 
-    // A promise settles once, so whichever of these runs first decides.
+    // A promise settles once, so whichever of these runs first decides; each
+    // leaves nothing behind: no timer, no listener on the signal, no socket.
     function settle(error: unknown, reply?: RpcReply): void {
-      unwatch();
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
       socket.destroy();
       if (reply === undefined) reject(error);
       else resolve(reply);
@@ -1130,6 +1175,17 @@ export interface RpcClient {
 // JSON.stringify reads `toJSON`; a remote call for either would be a surprise.
 const NOT_METHODS = new Set(["then", "toJSON"]);
 
+/** A call that has been sent and not yet settled. */
+interface PendingCall {
+  method: string;
+  resolve(reply: RpcReply): void;
+  reject(error: unknown): void;
+  /** When it times out, by Date.now(). */
+  deadline: number;
+  /** Takes the call's listener off its AbortSignal, if it has one. */
+  unwatch?: () => void;
+}
+
 /**
  * Opens one connection for many calls. Each call gets a new id, and a `Map`
  * from id to the call's promise matches each reply to its call, whatever
@@ -1156,23 +1212,58 @@ const NOT_METHODS = new Set(["then", "toJSON"]);
 export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
   const { port = 5000, host = "127.0.0.1", timeoutMs = 5000 } = options;
   const where = `${host}:${port}`;
-  // The calls waiting for a reply: id -> how to settle that call's promise.
-  const pending = new Map<number, { method: string; settle(error: unknown, reply?: RpcReply): void }>();
+  const pending = new Map<number, PendingCall>(); // id -> the call waiting for that reply; oldest first
   let nextId = 1;
-  let closedBecause: Error | undefined; // set once the connection is gone
+  let closedBecause: Error | undefined; // set once the connection is closing or gone
+  let timer: ReturnType<typeof setTimeout> | undefined; // one for all the calls: see expire()
 
   const socket = openConnection(options, (reply) => {
     // A reply whose id matches no call (it timed out, or the server could
     // not read the id) has no one to go to.
-    if (typeof reply.id === "number") pending.get(reply.id)?.settle(undefined, reply);
+    if (typeof reply.id === "number") settle(reply.id, undefined, reply);
   });
   const writer = new Writer(socket);
+
+  /**
+   * Settles a call, whichever came first (its reply, its timeout, its
+   * signal, the connection dropping), and leaves nothing of it behind: no
+   * entry, no listener, and no timer once no call is pending.
+   */
+  function settle(id: number, error: unknown, reply?: RpcReply): void {
+    const call = pending.get(id);
+    if (call === undefined) return;
+    pending.delete(id);
+    call.unwatch?.();
+    if (pending.size === 0) {
+      clearTimeout(timer);
+      timer = undefined;
+      if (closedBecause !== undefined) socket.destroy(); // close() waits for no one else
+    }
+    if (reply === undefined) call.reject(error);
+    else call.resolve(reply);
+  }
+
+  /**
+   * Times out the calls whose deadline has passed. Every call waits the same
+   * timeoutMs, so the oldest pending call (the first in the Map, which keeps
+   * the order calls were made in) is always the next to expire: one timer,
+   * set for it, serves all of them.
+   */
+  function expire(): void {
+    timer = undefined;
+    for (const [id, call] of pending) {
+      if (call.deadline > Date.now()) break;
+      settle(id, callError(`call ${call.method}`, where, new Error(`no reply within ${timeoutMs} ms`)));
+    }
+    const [oldest] = pending.values();
+    if (oldest !== undefined) timer = setTimeout(expire, oldest.deadline - Date.now());
+  }
 
   /** Rejects every call still waiting: after this, nothing is left in `pending`. */
   function dropConnection(cause: Error): void {
     closedBecause ??= cause;
     socket.destroy();
-    for (const call of pending.values()) call.settle(callError(`call ${call.method}`, where, closedBecause));
+    for (const [id, call] of pending) settle(id, callError(`call ${call.method}`, where, closedBecause));
   }
   socket.on("end", () => dropConnection(new Error("the server closed the connection")));
 
@@ -1182,18 +1273,14 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
       signal?.throwIfAborted();
       if (closedBecause !== undefined) throw callError(`call ${method}`, where, closedBecause);
       const id = nextId++;
-      const fail = (cause: Error) => settle(callError(`call ${method}`, where, cause));
-      const unwatch = watchCall({ timeoutMs, signal }, fail, settle);
-      // Whichever comes first (reply, timeout, abort, dropped connection)
-      // settles the call, and leaves nothing of it behind.
-      function settle(error: unknown, reply?: RpcReply): void {
-        pending.delete(id);
-        unwatch();
-        if (closedBecause !== undefined && pending.size === 0) socket.destroy(); // close() waits for no one else
-        if (reply === undefined) reject(error);
-        else resolve(reply);
+      const call: PendingCall = { method, resolve, reject, deadline: Date.now() + timeoutMs };
+      if (signal !== undefined) {
+        const onAbort = () => settle(id, signal.reason);
+        signal.addEventListener("abort", onAbort);
+        call.unwatch = () => signal.removeEventListener("abort", onAbort);
       }
-      pending.set(id, { method, settle });
+      pending.set(id, call);
+      timer ??= setTimeout(expire, timeoutMs);
       writer.write(JSON.stringify({ jsonrpc: "2.0", method, params, id }) + "\n");
     });
   }
