@@ -1848,11 +1848,24 @@ describe.skipIf(!hasGo)(`Go's net/rpc/jsonrpc, a JSON-RPC 1.0 peer (${hasGo ? "f
 
 const hasHaproxy = spawnSync("haproxy", ["-v"]).status === 0;
 
+/** A port P such that P, P+1 and P+2 are free, below the range the system hands out to clients (32768 on Linux). */
+async function threeFreePorts(): Promise<number> {
+  const isFree = (port: number) =>
+    new Promise<boolean>((resolve) => {
+      const probe = createServer().once("error", () => resolve(false));
+      probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
+    });
+  for (;;) {
+    const base = 20_000 + Math.floor(Math.random() * 12_000);
+    if ((await Promise.all([base, base + 1, base + 2].map(isFree))).every(Boolean)) return base;
+  }
+}
+
 describe.skipIf(!hasHaproxy)(`behind HAProxy (${hasHaproxy ? "found" : "SKIPPED: needs haproxy"})`, () => {
   test(
     "deploy/cluster.ts serves through HAProxy: new connections spread, a persistent one stays; SIGTERM stops all",
     async () => {
-      const port = await freePort(); // and, most likely, the two after it for the servers
+      const port = await threeFreePorts(); // HAProxy's, and the two servers' after it
       const [command, args] = runTypeScript(fileURLToPath(new URL("./deploy/cluster.ts", import.meta.url)));
       const cluster = spawn(command, [...args, "--port", String(port)], { stdio: ["ignore", "pipe", "pipe"] });
       let output = "";

@@ -32,7 +32,7 @@
  */
 
 import { Buffer, isAscii } from "node:buffer";
-import { createConnection, createServer, type Socket } from "node:net";
+import { type AddressInfo, createConnection, createServer, type Socket } from "node:net";
 import { connect as tlsConnect, type ConnectionOptions, createServer as tlsServer, type TlsOptions } from "node:tls";
 import { setImmediate } from "node:timers";
 
@@ -165,7 +165,6 @@ function errorMessage(error: unknown): string {
 
 /** Shows a value in an error message, cut short so a huge input stays readable. */
 function describe(value: unknown): string {
-  const MAX_LENGTH = 100;
   let text: string;
   try {
     text = JSON.stringify(value) ?? String(value);
@@ -173,19 +172,16 @@ function describe(value: unknown): string {
     // A cycle, a BigInt, or nesting deeper than the stack: say so, never throw.
     text = `(cannot show this ${typeof value}: ${errorMessage(error)})`;
   }
-  return text.length > MAX_LENGTH ? `${text.slice(0, MAX_LENGTH)}...` : text;
+  return text.length > 100 ? `${text.slice(0, 100)}...` : text; // cut short: input can be huge
 }
 
 /** Checks that `params` is exactly two finite numbers, or throws Invalid params. */
 function twoNumbers(method: string, params: unknown[]): [number, number] {
-  const [a, b] = params;
-  if (
-    params.length !== 2 || typeof a !== "number" || typeof b !== "number" ||
-    !Number.isFinite(a) || !Number.isFinite(b)
-  ) {
+  // Number.isFinite is false for anything but a number: no "2" or null gets through.
+  if (params.length !== 2 || !params.every((param) => Number.isFinite(param))) {
     throw new RpcError(ERROR_CODES.INVALID_PARAMS, `${method} expects two finite numbers, got ${describe(params)}`);
   }
-  return [a, b];
+  return params as [number, number];
 }
 
 /**
@@ -234,10 +230,11 @@ const MAX_DEPTH = 1000;
  * The bytes of unfinished messages that all the connections of one server
  * hold together, and the most they may: one budget, shared by their readers.
  */
-interface Budget {
-  held: number;
-  readonly max: number;
-}
+type Budget = { held: number; readonly max: number };
+
+/** The reader's errors, already JSON-RPC errors: -32700 for bytes that cannot be JSON, -32600 for too much. */
+const notJson = (message: string) => new RpcError(ERROR_CODES.PARSE_ERROR, `parse error: ${message}`);
+const tooMuch = (message: string) => new RpcError(ERROR_CODES.INVALID_REQUEST, message);
 
 /**
  * Splits a byte stream into JSON messages by counting brackets outside
@@ -279,9 +276,9 @@ class MessageReader {
 
   /**
    * The next whole message, or undefined until more bytes come: its text
-   * when it lies in one ASCII chunk, else its bytes. Throws when the stream
-   * can no longer be split into messages: RangeError for too long, too deep
-   * or over budget; SyntaxError for bytes that are not JSON.
+   * when it lies in one ASCII chunk, else its bytes. Throws an RpcError when
+   * the stream can no longer be split into messages: -32600 for too long,
+   * too deep or over the budget, -32700 for bytes that cannot be JSON.
    */
   next(): string | Buffer | undefined {
     while (this.chunks.length > 0) {
@@ -291,7 +288,9 @@ class MessageReader {
       if (end >= 0) {
         this.checkLength(this.held + end - this.start);
         if (text !== undefined && this.parts.length === 0) return text.slice(this.start, end);
-        return this.take(chunk.subarray(this.start, end));
+        const message = Buffer.concat([...this.parts, chunk.subarray(this.start, end)]);
+        this.dropParts();
+        return message;
       }
       if (this.closers.length > 0) this.keep(chunk.subarray(this.start)); // the chunk ends inside a message
       this.chunks.shift();
@@ -313,11 +312,8 @@ class MessageReader {
     let end = -1;
     for (; at < chunk.length; at++) {
       let byte = chunk[at];
-      if (inString) {
-        if (escaped) {
-          escaped = false;
-          continue;
-        }
+      if (escaped) escaped = false; // the byte after a backslash in a string is taken as it is
+      else if (inString) {
         // Inside a string only a quote or a backslash matters: run on to the next one.
         while (byte !== QUOTE && byte !== BACKSLASH && at + 1 < chunk.length) {
           at++;
@@ -328,7 +324,7 @@ class MessageReader {
       } else if (closers.length === 0) {
         if (WHITESPACE.has(byte)) continue;
         if (byte !== OPEN_BRACE && byte !== OPEN_BRACKET) {
-          throw new SyntaxError(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
+          throw notJson(`expected a JSON object or array, got ${describe(String.fromCharCode(byte))}`);
         }
         this.start = at;
         closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
@@ -336,11 +332,11 @@ class MessageReader {
         inString = true;
       } else if (byte === OPEN_BRACE || byte === OPEN_BRACKET) {
         closers.push(byte === OPEN_BRACE ? CLOSE_BRACE : CLOSE_BRACKET);
-        if (closers.length > MAX_DEPTH) throw new RangeError(`message nested deeper than ${MAX_DEPTH} levels`);
+        if (closers.length > MAX_DEPTH) throw tooMuch(`message nested deeper than ${MAX_DEPTH} levels`);
       } else if (byte === CLOSE_BRACE || byte === CLOSE_BRACKET) {
         const expected = closers.pop() ?? byte; // never empty here: we are inside a message
         if (byte !== expected) {
-          throw new SyntaxError(`expected ${String.fromCharCode(expected)}, got ${String.fromCharCode(byte)}`);
+          throw notJson(`expected ${String.fromCharCode(expected)}, got ${String.fromCharCode(byte)}`);
         }
         if (closers.length === 0) {
           end = at + 1;
@@ -366,20 +362,11 @@ class MessageReader {
     this.texts = [];
   }
 
-  /** The whole message that `tail` ends: joined to its earlier parts, if it has any. */
-  private take(tail: Buffer): Buffer {
-    const message = this.parts.length === 0 ? tail : Buffer.concat([...this.parts, tail]);
-    this.dropParts();
-    return message;
-  }
-
   /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (subarray() would share it). */
   private keep(part: Buffer): void {
     this.checkLength(this.held + part.length);
     if (this.budget.held + part.length > this.budget.max) {
-      throw new RangeError(
-        `the server already holds ${this.budget.held} bytes of unfinished messages; send yours later`,
-      );
+      throw tooMuch("the server holds too many unfinished messages; send yours later");
     }
     this.parts.push(Buffer.from(part));
     this.held += part.length;
@@ -387,7 +374,7 @@ class MessageReader {
   }
 
   private checkLength(length: number): void {
-    if (length > this.maxBytes) throw new RangeError(`message longer than the limit of ${this.maxBytes} bytes`);
+    if (length > this.maxBytes) throw tooMuch(`message longer than the limit of ${this.maxBytes} bytes`);
   }
 
   private dropParts(): void {
@@ -473,36 +460,38 @@ function isRpcId(value: unknown): value is RpcId {
 
 /** True for errors that carry a JSON-RPC code, such as {@linkcode RpcError}. */
 function hasRpcCode(error: unknown): error is RpcErrorObject {
-  return typeof error === "object" && error !== null &&
-    "code" in error && Number.isInteger(error.code) &&
-    "message" in error && typeof error.message === "string";
+  return isPlainObject(error) && Number.isInteger(error.code) && typeof error.message === "string";
 }
 
 /** Rejects with -32603 if `promise` has not settled within `ms`; the method itself runs on, unwatched. */
 function withDeadline(promise: Promise<unknown>, ms: number, method: string): Promise<unknown> {
   let timer: ReturnType<typeof setTimeout> | undefined;
+  const message = `${method} did not finish within ${ms} ms`;
   const deadline = new Promise((_, reject) => {
-    const error = new RpcError(ERROR_CODES.INTERNAL_ERROR, `${method} did not finish within ${ms} ms`);
-    timer = setTimeout(() => reject(error), ms);
+    // An error object, not an Error: making an Error records a stack, which would cost more than the call.
+    timer = setTimeout(() => reject(errorObject(ERROR_CODES.INTERNAL_ERROR, message)), ms);
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
-/** The reply to something that is not a valid request (-32600), in the request's version. */
-function invalidRequest(version: Version, id: RpcId, message: string): RpcResponse {
-  return errorResponse(version, id, errorObject(ERROR_CODES.INVALID_REQUEST, message));
+/** Why `request` is not a valid request of `version`, or undefined when it is one. */
+function problemWith(request: Record<string, unknown>, version: Version): string | undefined {
+  const { jsonrpc, method, params, id } = request;
+  if (id !== undefined && !isRpcId(id)) return `id must be a string, number or null, got ${describe(id)}`;
+  if (version === "2.0" && jsonrpc !== "2.0") return `jsonrpc must be "2.0", got ${describe(jsonrpc)}`;
+  if (typeof method !== "string") return `method must be a string, got ${describe(method)}`;
+  const paramsOk = params === undefined || Array.isArray(params) || isPlainObject(params);
+  if (!paramsOk) return `params must be an array or an object, got ${describe(params)}`;
 }
 
 /** What a reply must know of its request: the version to answer in, the id, and whether to answer at all. */
-interface Call {
-  version: Version;
-  id: RpcId;
-  method: string;
-  isNotification: boolean;
-}
+type Call = { version: Version; id: RpcId; method: string; isNotification: boolean };
+
+/** What one request gets: a reply, or nothing (a notification). */
+type Answer = RpcResponse | undefined;
 
 /** The reply to a call whose method returned `result`; none for a notification. */
-function succeeded(call: Call, result: unknown): RpcResponse | undefined {
+function succeeded(call: Call, result: unknown): Answer {
   if (call.isNotification) return undefined;
   if (typeof result === "number" && !Number.isFinite(result)) {
     // JSON.stringify would quietly send null for these.
@@ -513,7 +502,7 @@ function succeeded(call: Call, result: unknown): RpcResponse | undefined {
 }
 
 /** The reply to a call whose method threw `error`; none for a notification. */
-function failed(call: Call, error: unknown): RpcResponse | undefined {
+function failed(call: Call, error: unknown): Answer {
   if (call.isNotification) return undefined;
   if (hasRpcCode(error)) {
     return errorResponse(call.version, call.id, errorObject(error.code, error.message, error.data));
@@ -527,31 +516,18 @@ function failed(call: Call, error: unknown): RpcResponse | undefined {
  * as a Promise when it returns one. Undefined for a notification.
  * `inBatch`: batches are a 2.0 feature, so every request in one must be 2.0.
  */
-function handleRequest(
-  request: unknown,
-  { functions = FUNCTIONS, callTimeoutMs = 30_000 }: HandleOptions,
-  inBatch: boolean,
-): RpcResponse | undefined | Promise<RpcResponse | undefined> {
+function handleRequest(request: unknown, options: HandleOptions, inBatch: boolean): Answer | Promise<Answer> {
+  const { functions = FUNCTIONS, callTimeoutMs = 30_000 } = options;
   if (!isPlainObject(request)) {
     return messageError(ERROR_CODES.INVALID_REQUEST, `expected a request object, got ${describe(request)}`);
   }
-  const { jsonrpc, method, params } = request;
   // Parsed JSON has no undefined values: undefined here means the member is absent.
-  const version: Version = inBatch || jsonrpc !== undefined ? "2.0" : "1.0";
+  const version: Version = inBatch || request.jsonrpc !== undefined ? "2.0" : "1.0";
   const hasId = request.id !== undefined;
   const id = hasId && isRpcId(request.id) ? request.id : null;
-  if (hasId && !isRpcId(request.id)) {
-    return invalidRequest(version, id, `id must be a string, number or null, got ${describe(request.id)}`);
-  }
-  if (version === "2.0" && jsonrpc !== "2.0") {
-    return invalidRequest(version, id, `jsonrpc must be "2.0", got ${describe(jsonrpc)}`);
-  }
-  if (typeof method !== "string") {
-    return invalidRequest(version, id, `method must be a string, got ${describe(method)}`);
-  }
-  if (params !== undefined && !Array.isArray(params) && !isPlainObject(params)) {
-    return invalidRequest(version, id, `params must be an array or an object, got ${describe(params)}`);
-  }
+  const problem = problemWith(request, version);
+  if (problem !== undefined) return errorResponse(version, id, errorObject(ERROR_CODES.INVALID_REQUEST, problem));
+  const { method, params } = request as { method: string; params?: unknown[] | object }; // as problemWith checked
   // An array is spread as arguments, an object is passed as one, none means none.
   const args: unknown[] = params === undefined ? [] : Array.isArray(params) ? params : [params];
   // A notification gets no reply. In 2.0 it is a request without an id; in
@@ -562,7 +538,7 @@ function handleRequest(
   // must not reach the prototype's functions.
   const fn = Object.hasOwn(functions, method) ? functions[method] : undefined;
   if (typeof fn !== "function") {
-    return failed(call, new RpcError(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`));
+    return failed(call, errorObject(ERROR_CODES.METHOD_NOT_FOUND, `method not found: ${describe(method)}`));
   }
   let result: unknown;
   try {
@@ -572,10 +548,7 @@ function handleRequest(
   }
   // Most methods return a plain value: answer it now. Only a Promise is waited for, and not for ever.
   if (!(result instanceof Promise)) return succeeded(call, result);
-  return withDeadline(result, callTimeoutMs, method).then(
-    (value) => succeeded(call, value),
-    (error) => failed(call, error),
-  );
+  return withDeadline(result, callTimeoutMs, method).then((value) => succeeded(call, value), (e) => failed(call, e));
 }
 
 /**
@@ -599,21 +572,15 @@ function handleRequest(
 export function handleMessage(message: unknown, options: HandleOptions = {}): Reply | Promise<Reply> {
   const { maxBatchLength = 1000 } = options;
   if (!Array.isArray(message)) return handleRequest(message, options, false);
-  if (message.length === 0) {
-    return messageError(ERROR_CODES.INVALID_REQUEST, "a batch must hold at least one request, got []");
-  }
-  if (message.length > maxBatchLength) {
-    const text = `a batch may hold at most ${maxBatchLength} requests, got ${message.length}`;
+  if (message.length === 0 || message.length > maxBatchLength) {
+    const text = `a batch must hold 1 to ${maxBatchLength} requests, got ${message.length}`;
     return messageError(ERROR_CODES.INVALID_REQUEST, text);
   }
-  const replies = message.map((request) => handleRequest(request, options, true));
-  const sent = (all: Array<RpcResponse | undefined>) => {
-    const answers = all.filter((reply) => reply !== undefined);
-    return answers.length > 0 ? answers : undefined;
-  };
-  // Every request in the batch runs at once; the reply waits for the slowest.
-  if (replies.some((reply) => reply instanceof Promise)) return Promise.all(replies).then(sent);
-  return sent(replies as Array<RpcResponse | undefined>); // no Promise among them: the check above
+  // Every request in the batch runs at once; the reply waits for the slowest, and leaves out notifications.
+  return Promise.all(message.map((request) => handleRequest(request, options, true))).then((replies) => {
+    const sent = replies.filter((reply) => reply !== undefined);
+    return sent.length > 0 ? sent : undefined;
+  });
 }
 
 /** Turns a reply into its JSON text; a result JSON cannot carry becomes -32603. */
@@ -647,11 +614,12 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 class Writer {
   private readonly socket: Socket;
   private queued = "";
-  private blocked = false; // the socket said its buffer is full, and has not drained since
+  /** True while the socket holds more unsent bytes than its buffer's worth: time to stop making replies. */
+  full = false;
 
   constructor(socket: Socket) {
     this.socket = socket;
-    socket.on("drain", () => (this.blocked = false));
+    socket.on("drain", () => (this.full = false));
   }
 
   /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
@@ -666,12 +634,7 @@ class Writer {
     if (this.queued === "" || !this.socket.writable) return;
     const text = this.queued;
     this.queued = "";
-    this.blocked = !this.socket.write(text);
-  }
-
-  /** True while the runtime holds more unsent bytes than its buffer's worth: time to stop making more. */
-  full(): boolean {
-    return this.blocked;
+    this.full = !this.socket.write(text); // false: over the buffer's worth, until "drain"
   }
 }
 
@@ -800,24 +763,11 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   let closing = false;
   let closed: Promise<void> | undefined;
 
-  function onConnection(socket: Socket): void {
-    const address = `${socket.remoteAddress}:${socket.remotePort}`;
-    if (connections.size >= maxConnections) {
-      const message = `server busy: it already has ${maxConnections} connections`;
-      log(`Client refused: ${address} (${message})`);
-      socket.on("error", (error) => log(`Client ${address} error: ${error.message}`));
-      // Destroyed once the reply is out: it is in no list that close() would tidy up.
-      socket.end(encodeReply(messageError(ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
-      return;
-    }
-    log(`Client connected: ${address}`);
-    serve(socket, address);
-  }
   // allowHalfOpen: a client that sends its request and then shuts its write
   // side (`nc -N`) still gets its reply, because we end our side ourselves.
   // Not for TLS: there a client that gives up in the handshake would leave
   // its half of the connection open, unseen by us, and close() would wait.
-  const server = tls === undefined ? createServer({ allowHalfOpen: true }, onConnection) : tlsServer(tls, onConnection);
+  const server = tls === undefined ? createServer({ allowHalfOpen: true }, serve) : tlsServer(tls, serve);
   server.on("tlsClientError", (error: Error) => log(`TLS handshake failed: ${error.message}`));
   server.on("connection", (socket: Socket) => {
     sockets.add(socket);
@@ -825,7 +775,17 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   });
 
   /** Reads requests from one socket and writes their replies. */
-  function serve(socket: Socket, address: string): void {
+  function serve(socket: Socket): void {
+    const address = `${socket.remoteAddress}:${socket.remotePort}`;
+    socket.on("error", (error) => log(`Client ${address} error: ${error.message}`)); // a reset: this socket's problem only
+    if (connections.size >= maxConnections) {
+      const message = `server busy: it already has ${maxConnections} connections`;
+      log(`Client refused: ${address} (${message})`);
+      // Destroyed once the reply is out: it is in no list that close() would tidy up.
+      socket.end(encodeReply(messageError(ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
+      return;
+    }
+    log(`Client connected: ${address}`);
     const reader = new MessageReader(maxMessageBytes, budget);
     const writer = new Writer(socket);
     let running = 0; // calls and notifications started and not yet finished
@@ -847,16 +807,16 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
      */
     function pump(): void {
       try {
-        while (!refused && running < maxCallsPerConnection && !writer.full()) {
+        while (!refused && running < maxCallsPerConnection && !writer.full) {
           const bytes = reader.next(); // throws on bytes that cannot be split into messages
           if (bytes === undefined) break;
           received++;
           handle(bytes);
         }
       } catch (error) {
-        refuse(error);
+        refuse(error as RpcError); // the reader throws nothing else
       }
-      if (running >= maxCallsPerConnection || writer.full()) socket.pause();
+      if (running >= maxCallsPerConnection || writer.full) socket.pause();
       else socket.resume();
       endIfDone();
     }
@@ -883,11 +843,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     }
 
     /** Answers once, then stops reading: after this input the stream cannot be trusted. */
-    function refuse(error: unknown): void {
-      // RangeError: too long, too deep, or over the server's budget. SyntaxError: not JSON at all.
-      const [code, message] = error instanceof RangeError
-        ? [ERROR_CODES.INVALID_REQUEST, errorMessage(error)]
-        : [ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`];
+    function refuse({ code, message }: RpcError): void {
       log(`Client ${address}: ${message}; closing`);
       send(messageError(code, message));
       refused = true;
@@ -900,10 +856,8 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
      * connection, having sent at least one message, holds no part of another.
      */
     function endIfDone(): void {
-      if (running > 0 || writer.full() || socket.writableEnded) return;
-      if (ended && !refused && reader.hasPartial()) {
-        send(messageError(ERROR_CODES.PARSE_ERROR, "parse error: the connection ended inside a message"));
-      }
+      if (running > 0 || writer.full || socket.writableEnded) return;
+      if (ended && !refused && reader.hasPartial()) refuse(notJson("the connection ended inside a message"));
       if (!ended && !refused && !(closing && received > 0 && !reader.hasPartial())) return;
       writer.flush();
       // While the server closes, do not wait for the client to hang up too.
@@ -928,8 +882,6 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       log(`Client ${address} idle for ${idleTimeoutMs} ms; closing`);
       socket.destroy();
     });
-    // A reset, or a write after the client left: this socket's problem only.
-    socket.on("error", (error) => log(`Client ${address} error: ${error.message}`));
 
     connections.add(endIfDone);
     socket.on("close", () => {
@@ -941,9 +893,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   function close(): Promise<void> {
     closed ??= new Promise((resolve) => {
       closing = true;
-      const timer = setTimeout(() => {
-        for (const socket of sockets) socket.destroy();
-      }, closeGraceMs);
+      const timer = setTimeout(() => sockets.forEach((socket) => socket.destroy()), closeGraceMs);
       // server.close() stops accepting at once; its callback runs when the
       // last connection has closed.
       server.close(() => {
@@ -963,9 +913,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     server.listen(port, host, () => {
       // From now on a server error (say, too many open files) is logged, not fatal.
       server.on("error", (error) => log(`Server error: ${error.message}`));
-      const address = server.address();
-      const boundPort = typeof address === "object" && address !== null ? address.port : port;
-      resolve({ port: boundPort, close });
+      resolve({ port: (server.address() as AddressInfo).port, close }); // a TCP server's address is an object
     });
   });
 }
@@ -1041,8 +989,8 @@ function openConnection(options: ConnectOptions, onReply: (reply: RpcReply) => v
         onReply(reply);
       }
     } catch (error) {
-      const what = error instanceof RangeError ? "the reply is too long" : "the reply is not JSON-RPC";
-      socket.destroy(new Error(`${what} (${errorMessage(error)})`));
+      const tooLong = error instanceof RpcError && error.code === ERROR_CODES.INVALID_REQUEST;
+      socket.destroy(new Error(`the reply is ${tooLong ? "too long" : "not JSON-RPC"} (${errorMessage(error)})`));
     }
   });
   return socket;
@@ -1108,10 +1056,10 @@ export function resultOf(reply: RpcReply): unknown {
  */
 export function rpcCall(method: string, params?: RpcParams, options: CallOptions = {}): Promise<RpcReply> {
   const { port = 5000, host = "127.0.0.1", timeoutMs = 5000, signal } = options;
-  const request = JSON.stringify({ jsonrpc: "2.0", method, params, id: 1 });
 
   return new Promise((resolve, reject) => {
     signal?.throwIfAborted(); // thrown here, it rejects the promise before any socket exists
+    const fail = (cause: Error) => settle(callError(`rpcCall ${method}`, `${host}:${port}`, cause));
     const socket = openConnection(options, (reply) => settle(undefined, reply));
     const timer = setTimeout(() => fail(new Error(`no reply within ${timeoutMs} ms`)), timeoutMs);
     const onAbort = () => settle(signal?.reason);
@@ -1126,14 +1074,11 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
       if (reply === undefined) reject(error);
       else resolve(reply);
     }
-    function fail(cause: Error): void {
-      settle(callError(`rpcCall ${method}`, `${host}:${port}`, cause));
-    }
 
     // The reply is the first whole JSON text; then the socket is destroyed.
     socket.on("end", () => fail(new Error("the server closed the connection before replying")));
     socket.on("error", fail);
-    socket.write(request + "\n"); // queued until the connection is made
+    socket.write(JSON.stringify({ jsonrpc: "2.0", method, params, id: 1 }) + "\n"); // queued until connected
   });
 }
 
@@ -1146,7 +1091,7 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
  * resolves to the same result, because it now runs on the server.
  */
 export type Stub<T> = {
-  [K in keyof T]: T[K] extends (...params: infer P) => infer R ? (...params: P) => Promise<Awaited<R>> : never;
+  [K in keyof T]: T[K] extends (...args: infer A) => infer R ? (...args: A) => Promise<Awaited<R>> : never;
 };
 
 /** A client on one connection, as {@linkcode connect} resolves it. */

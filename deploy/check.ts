@@ -32,7 +32,7 @@ const check = (ok: boolean, text: string) => {
 /** A port P such that P, P+1 and P+2 are free: HAProxy's and two servers'. */
 async function freePorts(): Promise<number> {
   for (;;) {
-    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const base = 20_000 + Math.floor(Math.random() * 12_000); // below the ports the system hands to clients
     const free = await Promise.all([0, 1, 2].map((i) => isFree(base + i)));
     if (free.every(Boolean)) return base;
   }
