@@ -34,7 +34,6 @@
 import { Buffer, isAscii } from "node:buffer";
 import { type AddressInfo, createConnection, createServer, type Socket } from "node:net";
 import { connect as tlsConnect, type ConnectionOptions, createServer as tlsServer, type TlsOptions } from "node:tls";
-import { setImmediate } from "node:timers";
 
 // ---------------------------------------------------------------------------
 // Wire types and error codes
@@ -624,7 +623,8 @@ class Writer {
 
   /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
   write(text: string): void {
-    if (this.queued === "") setImmediate(() => this.flush()); // once the callbacks of this turn have all run
+    // A microtask runs once the current callback, and the promise callbacks it set off, are done.
+    if (this.queued === "") queueMicrotask(() => this.flush());
     this.queued += text;
     if (this.queued.length >= this.socket.writableHighWaterMark) this.flush(); // a buffer's worth: no use waiting
   }
@@ -748,7 +748,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     port = 5000,
     host = "127.0.0.1",
     tls,
-    log = () => {},
+    log,
     trace,
     maxMessageBytes = 1024 * 1024,
     maxUnfinishedBytes = 16 * 1024 * 1024,
@@ -757,8 +757,8 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     idleTimeoutMs = 60_000,
     closeGraceMs = 5000,
   } = options;
-  const sockets = new Set<Socket>(); // every TCP connection: served, or still in its TLS handshake
-  const connections = new Set<() => void>(); // each served connection's endIfDone(), for close()
+  const connections = new Map<Socket, () => void>(); // each served connection, and its endIfDone() for close()
+  const handshaking = new Set<Socket>(); // TLS only: connections not yet served, still in their handshake
   const budget: Budget = { held: 0, max: maxUnfinishedBytes };
   let closing = false;
   let closed: Promise<void> | undefined;
@@ -768,24 +768,26 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   // Not for TLS: there a client that gives up in the handshake would leave
   // its half of the connection open, unseen by us, and close() would wait.
   const server = tls === undefined ? createServer({ allowHalfOpen: true }, serve) : tlsServer(tls, serve);
-  server.on("tlsClientError", (error: Error) => log(`TLS handshake failed: ${error.message}`));
+  server.on("tlsClientError", (error: Error) => log?.(`TLS handshake failed: ${error.message}`));
   server.on("connection", (socket: Socket) => {
-    sockets.add(socket);
-    socket.on("close", () => sockets.delete(socket));
+    if (tls === undefined) return;
+    handshaking.add(socket);
+    socket.on("close", () => handshaking.delete(socket));
   });
 
   /** Reads requests from one socket and writes their replies. */
   function serve(socket: Socket): void {
-    const address = `${socket.remoteAddress}:${socket.remotePort}`;
-    socket.on("error", (error) => log(`Client ${address} error: ${error.message}`)); // a reset: this socket's problem only
+    // The address costs a system call (getpeername): made only for someone who will read it.
+    const address = log === undefined && trace === undefined ? "" : `${socket.remoteAddress}:${socket.remotePort}`;
+    socket.on("error", (error) => log?.(`Client ${address} error: ${error.message}`)); // a reset: this socket's problem only
     if (connections.size >= maxConnections) {
       const message = `server busy: it already has ${maxConnections} connections`;
-      log(`Client refused: ${address} (${message})`);
+      log?.(`Client refused: ${address} (${message})`);
       // Destroyed once the reply is out: it is in no list that close() would tidy up.
       socket.end(encodeReply(messageError(ERROR_CODES.SERVER_BUSY, message)), () => socket.destroy());
       return;
     }
-    log(`Client connected: ${address}`);
+    log?.(`Client connected: ${address}`);
     const reader = new MessageReader(maxMessageBytes, budget);
     const writer = new Writer(socket);
     let running = 0; // calls and notifications started and not yet finished
@@ -844,7 +846,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 
     /** Answers once, then stops reading: after this input the stream cannot be trusted. */
     function refuse({ code, message }: RpcError): void {
-      log(`Client ${address}: ${message}; closing`);
+      log?.(`Client ${address}: ${message}; closing`);
       send(messageError(code, message));
       refused = true;
       reader.release();
@@ -879,13 +881,13 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     socket.setTimeout(idleTimeoutMs, () => {
       // A slow call is not idleness: its reply restarts the clock.
       if (running > 0) return;
-      log(`Client ${address} idle for ${idleTimeoutMs} ms; closing`);
+      log?.(`Client ${address} idle for ${idleTimeoutMs} ms; closing`);
       socket.destroy();
     });
 
-    connections.add(endIfDone);
+    connections.set(socket, endIfDone);
     socket.on("close", () => {
-      connections.delete(endIfDone);
+      connections.delete(socket);
       reader.release();
     });
   }
@@ -893,14 +895,14 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   function close(): Promise<void> {
     closed ??= new Promise((resolve) => {
       closing = true;
-      const timer = setTimeout(() => sockets.forEach((socket) => socket.destroy()), closeGraceMs);
+      const timer = setTimeout(() => [...connections.keys(), ...handshaking].forEach((s) => s.destroy()), closeGraceMs);
       // server.close() stops accepting at once; its callback runs when the
       // last connection has closed.
       server.close(() => {
         clearTimeout(timer);
         resolve();
       });
-      for (const endIfDone of connections) endIfDone();
+      for (const endIfDone of connections.values()) endIfDone();
     });
     return closed;
   }
@@ -912,7 +914,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
     });
     server.listen(port, host, () => {
       // From now on a server error (say, too many open files) is logged, not fatal.
-      server.on("error", (error) => log(`Server error: ${error.message}`));
+      server.on("error", (error) => log?.(`Server error: ${error.message}`));
       resolve({ port: (server.address() as AddressInfo).port, close }); // a TCP server's address is an object
     });
   });

@@ -1,17 +1,19 @@
 /**
  * Benchmark: rpc.ts's server and clients beside a floor (a bare add server
- * with no checks, bench/floor.ts) and the Python lab's server, measured the
- * same way in one run, in alternating rounds. Prints a table of calls/s, p50
- * and p99 latency and the ratio to the floor, then the targets.
+ * with no checks, bench/floor.ts), jayson (a JSON-RPC library from npm, the
+ * peer) and the Python lab's server, measured the same way in one run, in
+ * alternating rounds, on every runtime installed. Prints the table and the
+ * targets; a full run also writes bench/results.md (the table) and
+ * bench/chart.svg (server CPU per call, by runtime).
  *
- *     npm run bench               # 3 rounds of 2 s per row (about two minutes)
- *     npm run bench -- --small    # 1 round of 0.5 s: a smoke test, not a measurement
+ *     npm run bench               # 3 rounds of 2 s per row (about three minutes)
+ *     npm run bench -- --small    # 1 round of 0.5 s: a smoke test; writes no files
  *     npm run bench -- --runtime node --runtime bun   # only these servers
  *
  * Every server runs in a child process; this process is the load. On a
- * 2-core machine that is one core each, so the client side is as fast as we
- * can make it: the "bare client" writes many requests per write and counts
- * newlines.
+ * 2-core machine that is one core each, so the "server µs/call" column (the
+ * CPU the server process used per call, read from /proc) is the fair
+ * measure: it holds whichever side is the bottleneck.
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -23,6 +25,7 @@ import process from "node:process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { cpuSeconds, type Runtime, startChild, thisRuntime, version } from "../stress/child.ts";
 import {
   bareClient,
   barePerCallClient,
@@ -31,7 +34,6 @@ import {
   perCallClient,
   type Sample,
 } from "./loads.ts";
-import { cpuSeconds, type Runtime, startChild, thisRuntime, version } from "../stress/child.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),
@@ -39,6 +41,8 @@ const { values } = parseArgs({
 });
 const ROUNDS = values.small ? 1 : 3;
 const SECONDS = values.small ? 0.5 : 2;
+const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+
 /** A server to measure, started in a child process. */
 interface Target {
   name: string;
@@ -47,20 +51,8 @@ interface Target {
   stop(): Promise<void>;
 }
 
-// ---------------------------------------------------------------------------
-// The servers
-// ---------------------------------------------------------------------------
-
-const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
-
-async function ours(runtime: Runtime): Promise<Target> {
-  const child = await startChild(runtime, ["--max-connections", "10000"]);
-  return { name: `rpc.ts on ${runtime}`, ...child };
-}
-
-async function floor(runtime: Runtime): Promise<Target> {
-  const child = await startChild(runtime, [], here("./floor.ts"));
-  return { name: `floor on ${runtime}`, ...child };
+async function child(name: string, runtime: Runtime, file?: string, args: string[] = []): Promise<Target> {
+  return { name: `${name} on ${runtime}`, ...await startChild(runtime, args, file) };
 }
 
 async function freePort(): Promise<number> {
@@ -78,99 +70,75 @@ async function seed(): Promise<Target | undefined> {
   const port = await freePort();
   const copy = join(mkdtempSync(join(os.tmpdir(), "rpc-bench-")), "rpc_server.py");
   writeFileSync(copy, readFileSync(source, "utf8").replaceAll("5000", String(port)));
-  const child = spawn("python3", ["-u", copy], { stdio: ["ignore", "pipe", "inherit"] });
+  const python = spawn("python3", ["-u", copy], { stdio: ["ignore", "pipe", "inherit"] });
   const started = await Promise.race([
-    once(createInterface({ input: child.stdout }), "line").then(() => true),
-    once(child, "error").then(() => false),
+    once(createInterface({ input: python.stdout }), "line").then(() => true),
+    once(python, "error").then(() => false),
   ]);
   if (!started) return undefined;
   return {
     name: "Python lab",
     port,
-    pid: child.pid ?? 0,
+    pid: python.pid ?? 0,
     async stop() {
-      child.kill();
-      await once(child, "exit");
+      python.kill();
+      await once(python, "exit");
     },
   };
 }
 
 // ---------------------------------------------------------------------------
-// The run
+// The rows: every server under every load that suits it
 // ---------------------------------------------------------------------------
+
+/** The two loads the chart compares: many calls on few connections, and one call per connection. */
+type Kind = "pipelined" | "per connection";
 
 interface Row {
   name: string;
+  runtime?: Runtime;
+  server: "floor" | "rpc.ts" | "jayson" | "Python lab";
+  kind: Kind;
   load: (port: number, seconds: number) => Promise<Sample>;
   target: Target;
-  floorRow?: string;
   samples: Sample[];
 }
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-}
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
-}
-
-const rate = (row: Row) => median(row.samples.map((sample) => sample.calls / sample.seconds));
-/** The share of one core the server used, median over rounds. */
-const cpuShare = (row: Row) => median(row.samples.map((sample) => (sample.serverCpu ?? 0) / sample.seconds));
-/** Server CPU per call in µs, median over rounds: what a call costs the server, whoever is the bottleneck. */
-const cpuPerCall = (row: Row) => median(row.samples.map((sample) => (1e6 * (sample.serverCpu ?? 0)) / sample.calls));
 
 const runtimes = (["node", "deno", "bun"] as const)
   .filter((runtime) => values.runtime === undefined || values.runtime.includes(runtime))
   .filter((runtime) => version(runtime) !== undefined);
-console.log(
-  `bench: ${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from ${thisRuntime()}; ` +
-    `servers on ${runtimes.map((runtime) => `${runtime} ${version(runtime)}`).join(", ")}; ` +
-    `${ROUNDS} round(s) of ${SECONDS} s per row${values.small ? " (--small: a smoke test)" : ""}`,
-);
+const header = `${os.cpus().length} cores, ${os.cpus()[0]?.model ?? "unknown CPU"}; load from ${thisRuntime()}; ` +
+  `servers on ${runtimes.map((runtime) => `${runtime} ${version(runtime)}`).join(", ")}; ` +
+  `${ROUNDS} round(s) of ${SECONDS} s per row, medians`;
+console.log(`bench: ${header}${values.small ? " (--small: a smoke test)" : ""}`);
 
+const PIPELINED = "bare client pipelined";
+const PER_CALL = `bare client, one connection per call x${PER_CALL_CONCURRENCY}`;
 const rows: Row[] = [];
 const targets: Target[] = [];
-const PER_CALL = `bare client, one connection per call x${PER_CALL_CONCURRENCY}`;
 for (const runtime of runtimes) {
-  const [server, bare] = [await ours(runtime), await floor(runtime)];
-  targets.push(server, bare);
-  const pipelinedFloor = `floor on ${runtime}, bare client pipelined`;
-  const perCallFloor = `floor on ${runtime}, ${PER_CALL}`;
+  const floor = await child("floor", runtime, here("./floor.ts"));
+  const ours = await child("rpc.ts", runtime, undefined, ["--max-connections", "10000"]);
+  const jayson = await child("jayson", runtime, here("./jayson.ts"));
+  targets.push(floor, ours, jayson);
+  const row = (server: Row["server"], target: Target, kind: Kind, what: string, load: Row["load"]): Row => ({
+    name: `${server} on ${runtime}, ${what}`,
+    runtime,
+    server,
+    kind,
+    load,
+    target,
+    samples: [],
+  });
   rows.push(
-    { name: pipelinedFloor, load: bareClient, target: bare, samples: [] },
-    {
-      name: `rpc.ts on ${runtime}, bare client pipelined`,
-      load: bareClient,
-      target: server,
-      floorRow: pipelinedFloor,
-      samples: [],
-    },
-    {
-      name: `rpc.ts on ${runtime}, connect() pipelined`,
-      load: connectClient,
-      target: server,
-      floorRow: pipelinedFloor,
-      samples: [],
-    },
-    { name: perCallFloor, load: barePerCallClient, target: bare, samples: [] },
-    {
-      name: `rpc.ts on ${runtime}, ${PER_CALL}`,
-      load: barePerCallClient,
-      target: server,
-      floorRow: perCallFloor,
-      samples: [],
-    },
-    {
-      name: `rpc.ts on ${runtime}, rpcCall x${PER_CALL_CONCURRENCY}`,
-      load: perCallClient,
-      target: server,
-      floorRow: perCallFloor,
-      samples: [],
-    },
+    row("floor", floor, "pipelined", PIPELINED, bareClient),
+    row("rpc.ts", ours, "pipelined", PIPELINED, bareClient),
+    row("jayson", jayson, "pipelined", PIPELINED, bareClient),
+    { ...row("rpc.ts", ours, "pipelined", "connect() pipelined", connectClient), server: "rpc.ts" },
+    row("floor", floor, "per connection", PER_CALL, barePerCallClient),
+    row("rpc.ts", ours, "per connection", PER_CALL, barePerCallClient),
+    row("jayson", jayson, "per connection", PER_CALL, barePerCallClient),
+    row("rpc.ts", ours, "per connection", `rpcCall x${PER_CALL_CONCURRENCY}`, perCallClient),
   );
 }
 const python = await seed();
@@ -179,9 +147,10 @@ else {
   targets.push(python);
   rows.push({
     name: `Python lab, ${PER_CALL}`,
+    server: "Python lab",
+    kind: "per connection",
     load: barePerCallClient,
     target: python,
-    floorRow: `floor on node, ${PER_CALL}`,
     samples: [],
   });
 }
@@ -211,50 +180,144 @@ for (let round = 0; round < ROUNDS; round++) {
 }
 for (const target of targets) await target.stop();
 
-const byName = new Map(rows.map((row) => [row.name, row]));
-console.log("\n| server and load | calls/s | p50 ms | p99 ms | x floor | server CPU | server µs/call | failed |");
-console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-for (const row of rows) {
-  const latencies = row.samples.flatMap((sample) => sample.latencies);
-  const floorRow = row.floorRow === undefined ? undefined : byName.get(row.floorRow);
-  const ratio = floorRow === undefined ? "1.00" : (rate(row) / rate(floorRow)).toFixed(2);
-  console.log(
-    `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ${
-      percentile(latencies, 99).toFixed(2)
-    } | ${ratio} | ` +
-      `${(100 * cpuShare(row)).toFixed(0)}% | ${cpuPerCall(row).toFixed(2)} | ${
-        row.samples.reduce((n, sample) => n + (sample.failed ?? 0), 0)
-      } |`,
+// ---------------------------------------------------------------------------
+// Figures: the table, the targets, the chart
+// ---------------------------------------------------------------------------
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+const rate = (row: Row) => median(row.samples.map((sample) => sample.calls / sample.seconds));
+/** The share of one core the server used, median over rounds. */
+const cpuShare = (row: Row) => median(row.samples.map((sample) => (sample.serverCpu ?? 0) / sample.seconds));
+/** Server CPU per call in µs, median over rounds: what a call costs the server, whoever is the bottleneck. */
+const cpuPerCall = (row: Row) => median(row.samples.map((sample) => (1e6 * (sample.serverCpu ?? 0)) / sample.calls));
+const find = (runtime: Runtime, server: Row["server"], kind: Kind) =>
+  rows.find((row) =>
+    row.runtime === runtime && row.server === server && row.kind === kind && !/connect\(\)|rpcCall/.test(row.name)
   );
-}
 
-/** The ratio of two rows' median calls/s. */
-function ratio(name: string, to: string): number {
-  const [a, b] = [byName.get(name), byName.get(to)];
-  return a === undefined || b === undefined ? Number.NaN : rate(a) / rate(b);
-}
-
-const checks: Array<[string, number, number]> = [
-  [
-    "server, pipelined, x floor",
-    ratio("rpc.ts on node, bare client pipelined", "floor on node, bare client pipelined"),
-    0.85,
-  ],
-  ["server, one call per connection, x floor", ratio(`rpc.ts on node, ${PER_CALL}`, `floor on node, ${PER_CALL}`), 0.9],
-  ["server, one call per connection, x Python lab", ratio(`rpc.ts on node, ${PER_CALL}`, `Python lab, ${PER_CALL}`), 5],
-  [
-    "connect() pipelined, x rpcCall",
-    ratio("rpc.ts on node, connect() pipelined", `rpc.ts on node, rpcCall x${PER_CALL_CONCURRENCY}`),
-    8,
-  ],
-  [
-    "connect() pipelined, x bare client on the same server",
-    ratio("rpc.ts on node, connect() pipelined", "rpc.ts on node, bare client pipelined"),
-    0.8,
-  ],
+const table = [
+  "| server and load | calls/s | p50 ms | p99 ms | server CPU | server µs/call | floor µs/call ÷ this | failed |",
+  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ...rows.map((row) => {
+    const latencies = row.samples.flatMap((sample) => sample.latencies);
+    const floor = row.runtime === undefined ? find("node", "floor", row.kind) : find(row.runtime, "floor", row.kind);
+    const efficiency = floor === undefined ? "-" : (cpuPerCall(floor) / cpuPerCall(row)).toFixed(2);
+    const failed = row.samples.reduce((n, sample) => n + (sample.failed ?? 0), 0);
+    return `| ${row.name} | ${Math.round(rate(row))} | ${percentile(latencies, 50).toFixed(2)} | ` +
+      `${percentile(latencies, 99).toFixed(2)} | ${(100 * cpuShare(row)).toFixed(0)}% | ${
+        cpuPerCall(row).toFixed(2)
+      } | ` +
+      `${efficiency} | ${failed} |`;
+  }),
 ];
-console.log("");
-for (const [what, value, least] of checks) {
-  const verdict = Number.isNaN(value) ? "SKIP" : value >= least ? "MET " : "MISS";
-  console.log(`${verdict} ${what}: ${value.toFixed(2)} (target at least ${least})`);
+console.log(`\n${table.join("\n")}\n`);
+
+/** The issue's three targets, per runtime: [what, measured, at least]. */
+const checks: Array<[string, number, number]> = runtimes.flatMap((runtime) => {
+  const cpu = (server: Row["server"], kind: Kind) => cpuPerCall(find(runtime, server, kind)!);
+  const connectRow = rows.find((row) => row.runtime === runtime && row.name.includes("connect()"))!;
+  return [
+    [
+      `${runtime}: pipelined, floor's CPU per call ÷ ours`,
+      cpu("floor", "pipelined") / cpu("rpc.ts", "pipelined"),
+      0.85,
+    ],
+    [
+      `${runtime}: one connection per call, floor's CPU per call ÷ ours`,
+      cpu("floor", "per connection") / cpu("rpc.ts", "per connection"),
+      0.9,
+    ],
+    [
+      `${runtime}: connect() pipelined ÷ bare client, calls/s`,
+      rate(connectRow) / rate(find(runtime, "rpc.ts", "pipelined")!),
+      0.9,
+    ],
+  ] satisfies Array<[string, number, number]>;
+});
+const verdicts = checks.map(([what, value, least]) =>
+  `${value >= least ? "MET " : "MISS"} ${what}: ${value.toFixed(2)} (target at least ${least})`
+);
+console.log(verdicts.join("\n"));
+
+/**
+ * The chart: server CPU per call (µs, log scale: the servers differ by
+ * tenfold) for each runtime, floor beside rpc.ts beside jayson, one panel
+ * per load. Plain SVG, written by hand: no plotting library needed.
+ */
+function chart(): string {
+  const servers = [["floor", "#9e9e9e"], ["rpc.ts", "#1565c0"], ["jayson", "#ef6c00"]] as const;
+  const [width, height, top, bottom, left] = [900, 380, 60, 300, 60];
+  const [low, high] = [0.1, 1000]; // the axis, in µs
+  const y = (us: number) => bottom - ((Math.log10(us) - Math.log10(low)) / Math.log10(high / low)) * (bottom - top);
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${width}" height="${height}" fill="white"/>`,
+    `<text x="${left}" y="24" font-size="16" font-weight="bold">Server CPU per call, µs (log scale; lower is better)</text>`,
+  ];
+  for (const us of [0.1, 1, 10, 100, 1000]) {
+    parts.push(
+      `<line x1="${left}" x2="${width - 20}" y1="${y(us)}" y2="${y(us)}" stroke="#e0e0e0"/>`,
+      `<text x="${left - 8}" y="${y(us) + 4}" text-anchor="end">${us}</text>`,
+    );
+  }
+  const kinds: Kind[] = ["pipelined", "per connection"];
+  const panelWidth = (width - left - 20) / kinds.length;
+  kinds.forEach((kind, k) => {
+    const x0 = left + k * panelWidth;
+    parts.push(
+      `<text x="${x0 + panelWidth / 2}" y="${bottom + 50}" text-anchor="middle" font-weight="bold">` +
+        `${kind === "pipelined" ? "many calls per connection" : "one call per connection"}</text>`,
+    );
+    const groupWidth = panelWidth / runtimes.length;
+    runtimes.forEach((runtime, r) => {
+      const gx = x0 + r * groupWidth;
+      parts.push(`<text x="${gx + groupWidth / 2}" y="${bottom + 20}" text-anchor="middle">${runtime}</text>`);
+      servers.forEach(([server, color], s) => {
+        const row = find(runtime, server, kind);
+        if (row === undefined) return;
+        const us = cpuPerCall(row);
+        const [bx, bw] = [gx + 15 + s * ((groupWidth - 30) / 3), (groupWidth - 30) / 3 - 4];
+        parts.push(
+          `<rect x="${bx}" y="${y(us)}" width="${bw}" height="${bottom - y(us)}" fill="${color}"/>`,
+          `<text x="${bx + bw / 2}" y="${y(us) - 4}" text-anchor="middle" font-size="10">${us.toFixed(2)}</text>`,
+        );
+      });
+    });
+  });
+  servers.forEach(([server, color], s) => {
+    const lx = width - 300 + s * 95;
+    parts.push(
+      `<rect x="${lx}" y="36" width="12" height="12" fill="${color}"/>`,
+      `<text x="${lx + 16}" y="46">${server}</text>`,
+    );
+  });
+  parts.push(`<text x="${left}" y="${height - 8}" font-size="10" fill="#616161">${header}</text>`, "</svg>");
+  return parts.join("\n") + "\n";
+}
+
+if (values.small) {
+  console.log("\n(--small: no files written; a full run writes bench/results.md and bench/chart.svg)");
+} else {
+  const results = [
+    `# Benchmark results`,
+    "",
+    `Written by \`npm run bench\`: ${header}.`,
+    "",
+    ...table,
+    "",
+    ...verdicts.map((line) => `- ${line}`),
+    "",
+  ];
+  writeFileSync(here("./results.md"), results.join("\n"));
+  writeFileSync(here("./chart.svg"), chart());
+  console.log("\nWrote bench/results.md and bench/chart.svg");
 }
