@@ -18,6 +18,22 @@
  *   from `deno.json`)
  * - Bun: `bun demo.ts`
  *
+ * A remote procedure call in five steps, as Birrell and Nelson drew it in
+ * 1984: the caller's stub marshals the call into a message, the transport
+ * carries it, the server's stub unmarshals it and calls the procedure, and
+ * the result travels back the same way. The sections below follow that path;
+ * read them in order (each begins with the idea it implements):
+ *
+ * 1. Marshalling: what crosses the wire. JsonValue, RpcResponse, ERROR_CODES, RpcError
+ * 2. The procedures: a registry. FUNCTIONS
+ * 3. Framing: where one message ends. MessageReader
+ * 4. The server stub: a message in, a reply out. handleMessage
+ * 5. Sending: one write for many replies. Writer
+ * 6. The server: connections, limits, closing. startServer
+ * 7. Binding: reaching a server, reading its replies. ConnectOptions, resultOf
+ * 8. One call, one connection: the lab's client. rpcCall
+ * 9. The client stub: one connection, many calls. connect, stub
+ *
  * @example Serve, call, close
  * ```ts
  * import { rpcCall, startServer } from "./rpc.ts";
@@ -36,7 +52,15 @@ import { type AddressInfo, createConnection, createServer, type Socket } from "n
 import { connect as tlsConnect, type ConnectionOptions, createServer as tlsServer, type TlsOptions } from "node:tls";
 
 // ---------------------------------------------------------------------------
-// Wire types and error codes
+// 1. Marshalling: what crosses the wire
+//
+// A procedure's arguments and result must become bytes to travel, and bytes
+// again to be used: that is marshalling. Here the format is JSON, so only
+// what JSON can carry crosses (null, booleans, numbers, strings, arrays,
+// plain objects): arguments are passed by value, a Date arrives as a string,
+// and a function or a reference cannot be sent at all. The request names the
+// procedure and carries an id; the reply carries the same id and either a
+// result or an error with a code.
 // ---------------------------------------------------------------------------
 
 /** Any value JSON can carry. */
@@ -144,7 +168,11 @@ export class RpcError extends Error {
 }
 
 // ---------------------------------------------------------------------------
-// The registry
+// 2. The procedures: a registry
+//
+// The server can only run what it was given: a table from method name to
+// function. Every argument comes off the network, so a procedure checks its
+// arguments before it trusts them.
 // ---------------------------------------------------------------------------
 
 /**
@@ -208,7 +236,13 @@ export const FUNCTIONS: Functions = {
 };
 
 // ---------------------------------------------------------------------------
-// Framing: where does one JSON message end?
+// 3. Framing: where one message ends
+//
+// TCP carries a stream of bytes, not of messages: one read may hold half a
+// request, or three. The reader keeps the bytes of an unfinished message and
+// finds each message's end by counting brackets outside strings, so no
+// newline is needed (the lab's client sends none). Everything it holds is
+// capped: one message, its nesting, and all connections' unfinished bytes.
 // ---------------------------------------------------------------------------
 
 // The bytes that matter for finding a message's end. All are ASCII, and no
@@ -392,7 +426,13 @@ function parseMessage(message: string | Buffer): unknown {
 }
 
 // ---------------------------------------------------------------------------
-// Request handling: a parsed message in, a reply (or none) out. No sockets.
+// 4. The server stub: a message in, a reply out
+//
+// Dispatch: check that the message is a request, find the procedure by name
+// (only the registry's own entries), call it with the arguments, and turn
+// its result or its error into a reply in the request's version. No sockets
+// here, so it can be tested alone. A procedure that returns a plain value is
+// answered at once; one that returns a Promise is awaited, with a deadline.
 // ---------------------------------------------------------------------------
 
 /** Options for {@linkcode handleMessage}. */
@@ -601,14 +641,19 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 }
 
 // ---------------------------------------------------------------------------
-// Writing: one system call per turn of the event loop, not one per message
+// 5. Sending: one write for many replies
+//
+// Every socket write is a system call, and a client that sends 50 requests
+// in one packet should not cost 50 of them. Replies are queued, and leave
+// together once the code that made them has run.
 // ---------------------------------------------------------------------------
 
 /**
- * Joins everything written to `socket` in one turn of the event loop into one
- * write. A client that sends 50 requests in one packet then gets its 50
- * replies in one packet too, and the server makes one system call, not 50:
- * the biggest cost the profiler found. (A class for the reason MessageReader is one.)
+ * Joins everything written to `socket` while one callback runs (and the
+ * promise callbacks it sets off) into one write. A client that sends 50
+ * requests in one packet then gets its 50 replies in one packet too, and the
+ * server makes one system call, not 50: once the biggest cost the profiler
+ * found. (A class for the reason MessageReader is one.)
  */
 class Writer {
   private readonly socket: Socket;
@@ -621,7 +666,7 @@ class Writer {
     socket.on("drain", () => (this.full = false));
   }
 
-  /** Queues text, to be written at the end of this turn of the event loop (or at once, past a buffer's worth). */
+  /** Queues text, to be written once the current callback is done (or at once, past a buffer's worth). */
   write(text: string): void {
     // A microtask runs once the current callback, and the promise callbacks it set off, are done.
     if (this.queued === "") queueMicrotask(() => this.flush());
@@ -639,7 +684,14 @@ class Writer {
 }
 
 // ---------------------------------------------------------------------------
-// The server: sockets in, messages out
+// 6. The server: connections, limits, closing
+//
+// One thread serves every connection: the event loop calls back when a
+// connection opens, when bytes arrive, when a write has drained. Nothing
+// blocks, so a procedure waiting on a timer or on I/O holds no one up; a
+// procedure that computes for a long time does (move it to a worker thread).
+// Each connection reads only as fast as it is answered: at its cap of calls
+// in progress, or while its replies do not drain, its requests wait unread.
 // ---------------------------------------------------------------------------
 
 /** Options for {@linkcode startServer}. */
@@ -921,7 +973,12 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
 }
 
 // ---------------------------------------------------------------------------
-// Binding and the client's side of the wire
+// 7. Binding: reaching a server, reading its replies
+//
+// Binding is how a client finds its server: here, by address and port given
+// by the caller (a name service or a load balancer would hand them out in a
+// larger system). The client reads replies with the same framing as the
+// server, and trusts them no more: a reply too long fails the connection.
 // ---------------------------------------------------------------------------
 
 /** Where the server is, for {@linkcode rpcCall} and {@linkcode connect}. */
@@ -1033,7 +1090,10 @@ export function resultOf(reply: RpcReply): unknown {
 }
 
 // ---------------------------------------------------------------------------
-// The client: one connection per call, like the Python lab's
+// 8. One call, one connection: the lab's client
+//
+// Connect, send one request, read the first reply, close. Simple, and the
+// reply needs no id; but every call pays for a new connection.
 // ---------------------------------------------------------------------------
 
 /**
@@ -1085,7 +1145,14 @@ export function rpcCall(method: string, params?: RpcParams, options: CallOptions
 }
 
 // ---------------------------------------------------------------------------
-// The persistent client and the client stub: one connection, many calls
+// 9. The client stub: one connection, many calls
+//
+// Many calls share one connection and are in flight at once; replies come in
+// the order calls finish, so each call gets a new id and a Map from id to
+// its waiting promise gives each reply to its call. The stub on top makes a
+// remote call read like a local one; what it cannot hide is the network:
+// the call takes longer, and it can fail in ways a local call cannot (a
+// timeout says nothing about whether the procedure ran).
 // ---------------------------------------------------------------------------
 
 /**
