@@ -46,11 +46,10 @@ export function command(runtime: Runtime, file: string): [string, string[]] {
   return [nodeBinary, ["--import", "tsx", file]]; // Node 20 needs tsx to read TypeScript
 }
 
-/** The runtime's version, or undefined when it cannot be started here. */
+/** The runtime's version number ("2.9.6"), or undefined when it cannot be started here. */
 export function version(runtime: Runtime): string | undefined {
-  if (runtime === "node") return spawnSync(nodeBinary, ["--version"], { encoding: "utf8" }).stdout.trim();
-  const result = spawnSync(binary(runtime), ["--version"], { encoding: "utf8" });
-  return result.status === 0 ? result.stdout.split("\n")[0].trim() : undefined;
+  const result = spawnSync(runtime === "node" ? nodeBinary : binary(runtime), ["--version"], { encoding: "utf8" });
+  return result.status === 0 ? result.stdout.match(/\d+\.\d+\.\d+/)?.[0] : undefined;
 }
 
 const PAGE_BYTES = 4096;
