@@ -159,7 +159,7 @@ async function runClient(target: ConnectOptions): Promise<void> {
  * summed up: after the first few in a second, one line with the count.
  */
 function createServerLog(): { log: (line: string) => void; flush: () => void } {
-  const SHOWN_PER_SECOND = 5;
+  const SHOWN_PER_SECOND = 10;
   let shown = 0;
   let hidden = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
