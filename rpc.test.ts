@@ -1783,12 +1783,13 @@ function buildGo(name: "client" | "server", dir: string): string {
 }
 
 describe.skipIf(!hasGo)(`Go's net/rpc/jsonrpc, a JSON-RPC 1.0 peer (${hasGo ? "found" : "SKIPPED: needs go"})`, () => {
-  const dir = mkdtempSync(join(tmpdir(), "rpc-go-"));
+  let dir = "";
   let lines: string[] = [];
   let goServerPort = 0;
   let goServer: ChildProcess | undefined;
 
   beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), "rpc-go-"));
     const [clientBinary, serverBinary] = [buildGo("client", dir), buildGo("server", dir)];
     // Go's client against our server, once; the tests below read what it printed.
     const ours = await startServer({
