@@ -433,6 +433,14 @@ function explain(error: unknown, host: string, port: number): string {
   if (hasTag(error, "ECONNREFUSED")) {
     return `No server on ${host}:${port}: start one with \`demo.ts serve\` in another terminal.`;
   }
+  const text = String(error);
+  // A TLS server answers plain bytes with a TLS alert record, whose first byte is 0x15;
+  // a plain server answers a TLS handshake with bytes that are no TLS version.
+  if (text.includes('got "\\u0015"')) return `The server on ${host}:${port} speaks TLS: add --tls.`;
+  if (/wrong.version.number/i.test(text)) return `The server on ${host}:${port} does not speak TLS: leave out --tls.`;
+  if (text.includes("before replying")) {
+    return `${error instanceof Error ? error.message : text} (a TLS server? add --tls)`;
+  }
   return error instanceof Error ? error.message : String(error);
 }
 
