@@ -760,8 +760,8 @@ export interface ServerOptions extends HandleOptions {
    */
   idleTimeoutMs?: number;
   /**
-   * How long `close()` waits for calls in flight before it destroys their
-   * connections.
+   * How long `close()` waits for calls in flight, and for requests still to
+   * come on connections it had accepted, before it destroys what is left.
    * @default {5000}
    */
   closeGraceMs?: number;
@@ -772,8 +772,10 @@ export interface RpcServer {
   /** The port the server listens on (the one the system picked, for port 0). */
   port: number;
   /**
-   * Stops accepting connections, closes idle ones, lets calls in flight
-   * answer (up to `closeGraceMs`), and resolves once every socket is closed.
+   * Stops accepting connections and closes the idle ones (answered, and
+   * holding nothing). Calls running, and requests still to come on a
+   * connection already accepted, get up to `closeGraceMs` to be answered;
+   * then the rest are destroyed. Resolves once every socket is closed.
    */
   close(): Promise<void>;
 }
@@ -947,6 +949,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
   function close(): Promise<void> {
     closed ??= new Promise((resolve) => {
       closing = true;
+      // When the grace runs out, whatever is still open goes: served connections, and TLS handshakes.
       const timer = setTimeout(() => [...connections.keys(), ...handshaking].forEach((s) => s.destroy()), closeGraceMs);
       // server.close() stops accepting at once; its callback runs when the
       // last connection has closed.
