@@ -1249,6 +1249,16 @@ describe("connect()", () => {
     expect(Date.now() - started).toBeLessThan(100);
   });
 
+  test("close() right after notify() still delivers the notification", async () => {
+    const calls: unknown[] = [];
+    const { port } = await start({ functions: { ...TEST_FUNCTIONS, record: (x) => calls.push(x) } });
+    const rpc = await connect({ port });
+    rpc.notify("record", ["bye"]);
+    await rpc.close();
+    await waitFor(() => calls.length === 1, "the notification to run");
+    expect(calls).toEqual(["bye"]);
+  });
+
   test("connect() to a closed port rejects naming the address and the cause", async () => {
     const port = await freePort();
     await expect(connect({ port })).rejects.toThrow(

@@ -677,9 +677,8 @@ class Writer {
   /** Writes what is queued now (before ending the socket, say). */
   flush(): void {
     if (this.queued === "" || !this.socket.writable) return;
-    const text = this.queued;
+    this.full = !this.socket.write(this.queued); // false: over the buffer's worth, until "drain"
     this.queued = "";
-    this.full = !this.socket.write(text); // false: over the buffer's worth, until "drain"
   }
 }
 
@@ -1321,10 +1320,12 @@ export function connect(options: ConnectOptions = {}): Promise<RpcClient> {
     close() {
       if (socket.destroyed) return Promise.resolve();
       closedBecause ??= new Error("the connection was closed by close()");
-      // Pending calls still get their replies (or time out); nothing else is worth waiting for.
+      // Pending calls still get their replies (or time out); nothing else is worth waiting for,
+      // once our last bytes are out: settle() destroys the socket when the last call settles.
       writer.flush();
-      socket.end();
-      if (pending.size === 0) socket.destroy();
+      socket.end(() => {
+        if (pending.size === 0) socket.destroy();
+      });
       return new Promise((resolve) => socket.once("close", () => resolve()));
     },
   };
