@@ -598,7 +598,7 @@ function handleRequest(request: unknown, options: HandleOptions, inBatch: boolea
  * @param options The registry, the batch limit and the deadline for async methods.
  * @returns The reply (an array for a batch), or undefined when nothing is to
  * be sent: a notification, or a batch of only notifications. A Promise of it
- * only when a method returned a Promise; `await` works either way.
+ * for a batch, or when a method returned a Promise; `await` works either way.
  *
  * @example
  * ```ts

@@ -60,10 +60,11 @@ let haproxy: ChildProcess | undefined;
 /**
  * Prints a line from a server's terminal, prefixed with its name. Not the
  * health checks' connections: one every 500 ms per server, each ended by
- * HAProxy with a reset (ECONNRESET), would bury everything else.
+ * HAProxy with a reset (ECONNRESET), would bury everything else. Nor the
+ * server's "Ctrl+C stops": here Ctrl+C stops the whole cluster.
  */
 function relay(server: Server, line: string): void {
-  if (/Client connected|more connections|ECONNRESET/.test(line)) return;
+  if (line.trim() === "" || /Client connected|more connections|ECONNRESET|Waiting for clients/.test(line)) return;
   console.log(`  [${server.name}] ${line.trim()}`);
 }
 
@@ -167,6 +168,7 @@ process.on("SIGHUP", () => {
 
 try {
   await Promise.all(servers.map(start));
+  if (stopping) await new Promise(() => {}); // stopped while starting: shutdown() exits; start no HAProxy
   // haproxy.cfg ends with the backend: its server lines are appended here.
   const lines = servers.map((server) => `    server ${server.name} 127.0.0.1:${server.port}\n`);
   const config = join(dir, "haproxy.cfg");
