@@ -99,6 +99,8 @@ interface Row {
   runtime?: Runtime;
   server: "floor" | "rpc.ts" | "jayson" | "Python lab";
   kind: Kind;
+  /** Who makes the calls: a bare client (the same for every server), or rpc.ts's own clients. */
+  client: "bare" | "connect()" | "rpcCall";
   load: (port: number, seconds: number) => Promise<Sample>;
   target: Target;
   samples: Sample[];
@@ -121,24 +123,35 @@ for (const runtime of runtimes) {
   const ours = await child("rpc.ts", runtime, undefined, ["--max-connections", "10000"]);
   const jayson = await child("jayson", runtime, here("./jayson.ts"));
   targets.push(floor, ours, jayson);
-  const row = (server: Row["server"], target: Target, kind: Kind, what: string, load: Row["load"]): Row => ({
-    name: `${server} on ${runtime}, ${what}`,
+  const bare = (server: Row["server"], target: Target, kind: Kind): Row => ({
+    name: `${server} on ${runtime}, ${kind === "pipelined" ? PIPELINED : PER_CALL}`,
     runtime,
     server,
     kind,
-    load,
+    client: "bare",
+    load: kind === "pipelined" ? bareClient : barePerCallClient,
     target,
     samples: [],
   });
   rows.push(
-    row("floor", floor, "pipelined", PIPELINED, bareClient),
-    row("rpc.ts", ours, "pipelined", PIPELINED, bareClient),
-    row("jayson", jayson, "pipelined", PIPELINED, bareClient),
-    { ...row("rpc.ts", ours, "pipelined", "connect() pipelined", connectClient), server: "rpc.ts" },
-    row("floor", floor, "per connection", PER_CALL, barePerCallClient),
-    row("rpc.ts", ours, "per connection", PER_CALL, barePerCallClient),
-    row("jayson", jayson, "per connection", PER_CALL, barePerCallClient),
-    row("rpc.ts", ours, "per connection", `rpcCall x${PER_CALL_CONCURRENCY}`, perCallClient),
+    bare("floor", floor, "pipelined"),
+    bare("rpc.ts", ours, "pipelined"),
+    bare("jayson", jayson, "pipelined"),
+    {
+      ...bare("rpc.ts", ours, "pipelined"),
+      name: `rpc.ts on ${runtime}, connect() pipelined`,
+      client: "connect()",
+      load: connectClient,
+    },
+    bare("floor", floor, "per connection"),
+    bare("rpc.ts", ours, "per connection"),
+    bare("jayson", jayson, "per connection"),
+    {
+      ...bare("rpc.ts", ours, "per connection"),
+      name: `rpc.ts on ${runtime}, rpcCall x${PER_CALL_CONCURRENCY}`,
+      client: "rpcCall",
+      load: perCallClient,
+    },
   );
 }
 const python = await seed();
@@ -149,6 +162,7 @@ else {
     name: `Python lab, ${PER_CALL}`,
     server: "Python lab",
     kind: "per connection",
+    client: "bare",
     load: barePerCallClient,
     target: python,
     samples: [],
@@ -200,9 +214,7 @@ const cpuShare = (row: Row) => median(row.samples.map((sample) => (sample.server
 /** Server CPU per call in µs, median over rounds: what a call costs the server, whoever is the bottleneck. */
 const cpuPerCall = (row: Row) => median(row.samples.map((sample) => (1e6 * (sample.serverCpu ?? 0)) / sample.calls));
 const find = (runtime: Runtime, server: Row["server"], kind: Kind) =>
-  rows.find((row) =>
-    row.runtime === runtime && row.server === server && row.kind === kind && !/connect\(\)|rpcCall/.test(row.name)
-  );
+  rows.find((row) => row.runtime === runtime && row.server === server && row.kind === kind && row.client === "bare");
 
 const table = [
   "| server and load | calls/s | p50 ms | p99 ms | server CPU | server µs/call | floor µs/call ÷ this | failed |",
@@ -224,7 +236,7 @@ console.log(`\n${table.join("\n")}\n`);
 /** The issue's three targets, per runtime: [what, measured, at least]. */
 const checks: Array<[string, number, number]> = runtimes.flatMap((runtime) => {
   const cpu = (server: Row["server"], kind: Kind) => cpuPerCall(find(runtime, server, kind)!);
-  const connectRow = rows.find((row) => row.runtime === runtime && row.name.includes("connect()"))!;
+  const connectRow = rows.find((row) => row.runtime === runtime && row.client === "connect()")!;
   return [
     [
       `${runtime}: pipelined, floor's CPU per call ÷ ours`,
