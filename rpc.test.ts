@@ -219,6 +219,28 @@ describe("rule 1: framing", () => {
     ]);
   });
 
+  test("a message over several lines is one message, even where a line inside it is whole JSON", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    const request = (id: number) => JSON.stringify({ jsonrpc: "2.0", method: "add", params: [id, id], id });
+    await peer.send("[\n", `${request(1)},\n`, `${request(2)}\n]\n`); // each chunk a line
+    const pretty = JSON.stringify({ jsonrpc: "2.0", method: "echo", params: [{ a: 1 }, []], id: 3 }, null, 2);
+    await peer.send(...`${pretty}\n`.split(/(?<=\n)/)); // one line a chunk, and "[]" alone on one of them
+    expect(await peer.replies(2)).toEqual([
+      [{ jsonrpc: "2.0", result: 2, id: 1 }, { jsonrpc: "2.0", result: 4, id: 2 }],
+      { jsonrpc: "2.0", result: [{ a: 1 }, []], id: 3 },
+    ]);
+  });
+
+  test("lines ending in \\r\\n, blank lines and two messages on one line are all read", async () => {
+    const { port } = await start();
+    const peer = await openPeer(port);
+    const request = (id: number) => JSON.stringify({ jsonrpc: "2.0", method: "add", params: [id, id], id });
+    await peer.send(`${request(1)}\r\n\r\n \n${request(2)}${request(3)}\n${request(4)}\r\n`);
+    const replies = (await peer.replies(4)) as Array<{ id: number }>;
+    expect(replies.map((reply) => reply.id)).toEqual([1, 2, 3, 4]);
+  });
+
   test("each reply is one line of JSON ending in a newline", async () => {
     const { port } = await start();
     const peer = await openPeer(port);
@@ -239,10 +261,10 @@ describe("rule 1: framing", () => {
     expect(replies.map((reply) => reply.result - reply.id)).toEqual(Array(200).fill(1));
   });
 
-  test("input that does not start with { or [ gets -32700 and the connection is closed", async () => {
+  test.each(["hello\n", "123\n", '"text"\n'])("input that does not start with { or [ (%j) gets -32700 and the connection is closed", async (input) => {
     const { port } = await start();
     const peer = await openPeer(port);
-    await peer.send("hello\n");
+    await peer.send(input);
     expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR)]);
     await peer.closed();
   });
@@ -595,20 +617,20 @@ describe("rule 6: handler errors", () => {
 // ---------------------------------------------------------------------------
 
 describe("rule 7: limits", () => {
-  test("a message over maxMessageBytes gets one error with id null, and the connection closes", async () => {
+  test.each(["", "\n"])("a message over maxMessageBytes gets one error with id null, and the connection closes (end %j)", async (end) => {
     const { port } = await start({ maxMessageBytes: 1000 });
     const peer = await openPeer(port);
-    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(2000)}"],"id":1}`);
+    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(1500)}"],"id":1}${end}`);
     expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.INVALID_REQUEST)]);
     peer.socket.end();
     await peer.closed();
   });
 
-  test("a message of exactly maxMessageBytes is accepted", async () => {
+  test.each(["", "\n"])("a message of exactly maxMessageBytes is accepted (end %j)", async (end) => {
     const { port } = await start({ maxMessageBytes: 1000 });
     const head = '{"jsonrpc":"2.0","method":"count","params":["';
     const tail = '"],"id":1}';
-    const message = head + "x".repeat(1000 - head.length - tail.length) + tail;
+    const message = head + "x".repeat(1000 - head.length - tail.length) + tail + end;
     expect(await ask(port, message)).toEqual({ jsonrpc: "2.0", result: 1, id: 1 });
   });
 
@@ -628,6 +650,7 @@ describe("rule 7: limits", () => {
 
   test.each([
     ["arrays", "[".repeat(100_000) + "]".repeat(100_000)],
+    ["arrays on one short line", "[".repeat(1001) + "]".repeat(1001) + "\n"],
     ["objects", '{"a":'.repeat(100_000) + "1" + "}".repeat(100_000)],
     ["params", '{"method":"echo","params":' + "[".repeat(100_000) + "]".repeat(100_000) + "}"],
   ])("deeply nested %s get -32600 before any parsing, and the server keeps serving", async (_, message) => {
@@ -1640,22 +1663,23 @@ const callArbitrary: fc.Arbitrary<CallMaker> = fc.oneof(
   })),
 );
 
-/** A stream of messages (single requests and batches), with whitespace or nothing between. */
+/** A stream of messages (single requests and batches, on one line or over several), with whitespace or nothing between. */
 const streamArbitrary = fc.array(
   fc.tuple(
     fc.array(callArbitrary, { minLength: 1, maxLength: 3 }),
     fc.boolean(),
     fc.constantFrom("", "\n", " ", "\r\n\t"),
+    fc.constantFrom(undefined, 1), // JSON.stringify's indent: 1 puts every member on a line of its own
   ),
   { minLength: 1, maxLength: 12 },
 ).map((messages) => {
   let id = 0;
   let text = "";
   const expected: unknown[] = [];
-  for (const [makers, asBatch, separator] of messages) {
+  for (const [makers, asBatch, separator, indent] of messages) {
     const calls = (asBatch ? makers : makers.slice(0, 1)).map((make) => make(id++, asBatch));
     const replies = calls.flatMap((call) => (call.reply === undefined ? [] : [call.reply]));
-    text += JSON.stringify(asBatch ? calls.map((call) => call.request) : calls[0].request) + separator;
+    text += JSON.stringify(asBatch ? calls.map((call) => call.request) : calls[0].request, null, indent) + separator;
     if (asBatch && replies.length > 0) expected.push(replies);
     if (!asBatch && replies.length === 1) expected.push(replies[0]);
   }
