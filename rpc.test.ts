@@ -261,13 +261,16 @@ describe("rule 1: framing", () => {
     expect(replies.map((reply) => reply.result - reply.id)).toEqual(Array(200).fill(1));
   });
 
-  test.each(["hello\n", "123\n", '"text"\n'])("input that does not start with { or [ (%j) gets -32700 and the connection is closed", async (input) => {
-    const { port } = await start();
-    const peer = await openPeer(port);
-    await peer.send(input);
-    expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR)]);
-    await peer.closed();
-  });
+  test.each(["hello\n", "123\n", '"text"\n'])(
+    "input that does not start with { or [ (%j) gets -32700 and the connection is closed",
+    async (input) => {
+      const { port } = await start();
+      const peer = await openPeer(port);
+      await peer.send(input);
+      expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.PARSE_ERROR)]);
+      await peer.closed();
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------
@@ -617,14 +620,17 @@ describe("rule 6: handler errors", () => {
 // ---------------------------------------------------------------------------
 
 describe("rule 7: limits", () => {
-  test.each(["", "\n"])("a message over maxMessageBytes gets one error with id null, and the connection closes (end %j)", async (end) => {
-    const { port } = await start({ maxMessageBytes: 1000 });
-    const peer = await openPeer(port);
-    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(1500)}"],"id":1}${end}`);
-    expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.INVALID_REQUEST)]);
-    peer.socket.end();
-    await peer.closed();
-  });
+  test.each(["", "\n"])(
+    "a message over maxMessageBytes gets one error with id null, and the connection closes (end %j)",
+    async (end) => {
+      const { port } = await start({ maxMessageBytes: 1000 });
+      const peer = await openPeer(port);
+      await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(1500)}"],"id":1}${end}`);
+      expect(await peer.replies(1)).toEqual([errorReply(ERROR_CODES.INVALID_REQUEST)]);
+      peer.socket.end();
+      await peer.closed();
+    },
+  );
 
   test.each(["", "\n"])("a message of exactly maxMessageBytes is accepted (end %j)", async (end) => {
     const { port } = await start({ maxMessageBytes: 1000 });

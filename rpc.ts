@@ -269,12 +269,12 @@ type Budget = { held: number; readonly max: number };
 const notJson = (message: string) => new RpcError(ERROR_CODES.PARSE_ERROR, `parse error: ${message}`);
 const tooMuch = (message: string) => new RpcError(ERROR_CODES.INVALID_REQUEST, message);
 
-/** A whole message, as the reader gives it: its text (its bytes, if not all ASCII), and its value if already parsed. */
+/** A whole message, as the reader gives it: a line and its value, parsed (the shortcut), or the bytes that scan() found. */
 type Framed = { text: string | Buffer; value?: unknown };
 
 /**
- * Splits a byte stream into JSON messages by counting brackets outside
- * strings. Give it chunks as they arrive (`push`); take whole messages out
+ * Splits a byte stream into JSON messages: a line that is one, or else by
+ * counting brackets outside strings. Give it chunks as they arrive (`push`); take whole messages out
  * when ready for them (`next`), so a busy server can leave messages waiting
  * in their chunk. It keeps only the bytes of the unfinished message, at most
  * `maxBytes` of them, and counts them against `budget`. A class, because
@@ -284,10 +284,10 @@ type Framed = { text: string | Buffer; value?: unknown };
 class MessageReader {
   private readonly maxBytes: number;
   private readonly budget: Budget;
-  private chunks: Buffer[] = []; // arrived and not yet read through; reading is in chunks[0]
-  // Each chunk's text when all its bytes are ASCII: decoded once, whole, it
-  // gives each message in it as a slice, with no decoding per message.
-  private texts: Array<string | undefined> = [];
+  // Arrived and not yet read through; reading is in chunks[0]. With each
+  // chunk, its text when all its bytes are ASCII, for wholeLine(): decoded
+  // once, whole, it gives each line in it as a slice, with no decoding per message.
+  private chunks: Array<{ bytes: Buffer; text?: string }> = [];
   private at = 0; // the next byte to look at in chunks[0]
   private start = 0; // where the current message begins in chunks[0]
   private parts: Buffer[] = []; // the current message's bytes from earlier chunks
@@ -305,9 +305,8 @@ class MessageReader {
   }
 
   /** Adds a chunk that has just arrived. */
-  push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.texts.push(isAscii(chunk) ? chunk.toString("latin1") : undefined); // ASCII: one byte, one character
+  push(bytes: Buffer): void {
+    this.chunks.push({ bytes, text: isAscii(bytes) ? bytes.toString("latin1") : undefined }); // ASCII: a byte a character
   }
 
   /**
@@ -318,21 +317,18 @@ class MessageReader {
    */
   next(): Framed | undefined {
     while (this.chunks.length > 0) {
-      const chunk = this.chunks[0];
-      const text = this.texts[0];
+      const { bytes, text } = this.chunks[0];
       const line = text !== undefined && this.closers.length === 0 ? this.wholeLine(text) : undefined;
       if (line !== undefined) return line;
-      const end = this.scan(chunk);
+      const end = this.scan(bytes);
       if (end >= 0) {
         this.checkLength(this.held + end - this.start);
-        if (text !== undefined && this.parts.length === 0) return { text: text.slice(this.start, end) };
-        const bytes = Buffer.concat([...this.parts, chunk.subarray(this.start, end)]);
+        const message = Buffer.concat([...this.parts, bytes.subarray(this.start, end)]);
         this.dropParts();
-        return { text: bytes };
+        return { text: message };
       }
-      if (this.closers.length > 0) this.keep(chunk.subarray(this.start)); // the chunk ends inside a message
+      if (this.closers.length > 0) this.keep(bytes.subarray(this.start)); // the chunk ends inside a message
       this.chunks.shift();
-      this.texts.shift();
       this.at = 0;
       this.start = 0;
     }
@@ -350,18 +346,16 @@ class MessageReader {
   private wholeLine(text: string): Framed | undefined {
     while (WHITESPACE.has(text.charCodeAt(this.at))) this.at++; // what lies between messages
     const newline = text.indexOf("\n", this.at);
-    const length = newline - this.at;
-    if (newline < 0 || length > 2 * MAX_DEPTH || length > this.maxBytes) return undefined;
+    if (newline < 0 || newline - this.at > Math.min(2 * MAX_DEPTH, this.maxBytes)) return undefined;
     const line = text.slice(this.at, newline);
-    let value: unknown;
     try {
-      value = JSON.parse(line);
+      const value: unknown = JSON.parse(line);
+      if (typeof value !== "object" || value === null) return undefined;
+      this.at = newline + 1;
+      return { text: line, value };
     } catch {
       return undefined; // not one whole message: scan() will find where it ends, or what is wrong
     }
-    if (typeof value !== "object" || value === null) return undefined;
-    this.at = newline + 1;
-    return { text: line, value };
   }
 
   /**
@@ -411,7 +405,6 @@ class MessageReader {
   release(): void {
     this.dropParts();
     this.chunks = []; // a chunk may share memory with far more bytes than it shows
-    this.texts = [];
   }
 
   /** Keeps part of an unfinished message: a copy, so the runtime can free the chunk (subarray() would share it). */
@@ -441,8 +434,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The value of one framed message, parsed (and decoded first if it came as bytes) unless it already was; throws SyntaxError or TypeError. */
 function parseMessage({ text, value }: Framed): unknown {
-  if (value !== undefined) return value;
-  return JSON.parse(typeof text === "string" ? text : utf8.decode(text));
+  return value !== undefined ? value : JSON.parse(typeof text === "string" ? text : utf8.decode(text));
 }
 
 // ---------------------------------------------------------------------------
@@ -903,8 +895,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       try {
         message = parseMessage(framed);
       } catch (error) {
-        send(messageError(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
-        return;
+        return send(messageError(ERROR_CODES.PARSE_ERROR, `parse error: ${errorMessage(error)}`));
       }
       const reply = handleMessage(message, options);
       if (!(reply instanceof Promise)) return send(reply);
