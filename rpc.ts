@@ -621,8 +621,8 @@ function handleRequest(request: unknown, options: HandleOptions, inBatch: boolea
  * ```
  */
 export function handleMessage(message: unknown, options: HandleOptions = {}): Reply | Promise<Reply> {
-  const { maxBatchLength = 1000 } = options;
   if (!Array.isArray(message)) return handleRequest(message, options, false);
+  const { maxBatchLength = 1000 } = options;
   if (message.length === 0 || message.length > maxBatchLength) {
     const text = `a batch must hold 1 to ${maxBatchLength} requests, got ${message.length}`;
     return messageError(ERROR_CODES.INVALID_REQUEST, text);
