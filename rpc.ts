@@ -670,12 +670,9 @@ function encodeReply(reply: RpcResponse | RpcResponse[]): string {
 class Writer {
   private readonly socket: Socket;
   private queued = "";
-  /** True while the socket holds more unsent bytes than its buffer's worth: time to stop making replies. */
-  full = false;
 
   constructor(socket: Socket) {
     this.socket = socket;
-    socket.on("drain", () => (this.full = false));
   }
 
   /** Queues text, to be written once the current callback is done (or at once, past a buffer's worth). */
@@ -689,7 +686,7 @@ class Writer {
   /** Writes what is queued now (before ending the socket, say). */
   flush(): void {
     if (this.queued === "" || !this.socket.writable) return;
-    this.full = !this.socket.write(this.queued); // false: over the buffer's worth, until "drain"
+    this.socket.write(this.queued); // past a buffer's worth unsent, it says so in writableNeedDrain, until "drain"
     this.queued = "";
   }
 }
@@ -874,7 +871,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
      */
     function pump(): void {
       try {
-        while (!refused && running < maxCallsPerConnection && !writer.full) {
+        while (!refused && running < maxCallsPerConnection && !socket.writableNeedDrain) {
           const framed = reader.next(); // throws on bytes that cannot be split into messages
           if (framed === undefined) break;
           received++;
@@ -883,7 +880,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
       } catch (error) {
         refuse(error as RpcError); // the reader throws nothing else
       }
-      if (running >= maxCallsPerConnection || writer.full) socket.pause();
+      if (running >= maxCallsPerConnection || socket.writableNeedDrain) socket.pause();
       else socket.resume();
       endIfDone();
     }
@@ -922,7 +919,7 @@ export function startServer(options: ServerOptions = {}): Promise<RpcServer> {
      * connection, having sent at least one message, holds no part of another.
      */
     function endIfDone(): void {
-      if (running > 0 || writer.full || socket.writableEnded) return;
+      if (running > 0 || socket.writableNeedDrain || socket.writableEnded) return;
       if (ended && !refused && reader.hasPartial()) refuse(notJson("the connection ended inside a message"));
       if (!ended && !refused && !(closing && received > 0 && !reader.hasPartial())) return;
       writer.flush();
