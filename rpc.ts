@@ -269,14 +269,14 @@ type Budget = { held: number; readonly max: number };
 const notJson = (message: string) => new RpcError(ERROR_CODES.PARSE_ERROR, `parse error: ${message}`);
 const tooMuch = (message: string) => new RpcError(ERROR_CODES.INVALID_REQUEST, message);
 
-/** A whole message, as the reader gives it: a line and its value, parsed (the shortcut), or the bytes that scan() found. */
+/** A whole message, as the reader gives it: a line and its parsed value (the shortcut), or the bytes scan() found. */
 type Framed = { text: string | Buffer; value?: unknown };
 
 /**
  * Splits a byte stream into JSON messages: a line that is one, or else by
- * counting brackets outside strings. Give it chunks as they arrive (`push`); take whole messages out
- * when ready for them (`next`), so a busy server can leave messages waiting
- * in their chunk. It keeps only the bytes of the unfinished message, at most
+ * counting brackets outside strings. Give it chunks as they arrive (`push`);
+ * take whole messages out when ready for them (`next`), so a busy server can
+ * leave messages waiting in their chunk. It keeps only the bytes of the unfinished message, at most
  * `maxBytes` of them, and counts them against `budget`. A class, because
  * every connection has one: its methods are shared, where closures would be
  * made again for each connection.
@@ -306,7 +306,8 @@ class MessageReader {
 
   /** Adds a chunk that has just arrived. */
   push(bytes: Buffer): void {
-    this.chunks.push({ bytes, text: isAscii(bytes) ? bytes.toString("latin1") : undefined }); // ASCII: a byte a character
+    // An ASCII chunk is its own latin1 text: one byte, one character.
+    this.chunks.push({ bytes, text: isAscii(bytes) ? bytes.toString("latin1") : undefined });
   }
 
   /**
@@ -432,7 +433,10 @@ class MessageReader {
 // `fatal: true` makes invalid UTF-8 an error instead of silent U+FFFD marks.
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** The value of one framed message, parsed (and decoded first if it came as bytes) unless it already was; throws SyntaxError or TypeError. */
+/**
+ * The value of one framed message: parsed already (a line), or parsed now,
+ * decoded first from its bytes. Throws SyntaxError or TypeError.
+ */
 function parseMessage({ text, value }: Framed): unknown {
   return value !== undefined ? value : JSON.parse(typeof text === "string" ? text : utf8.decode(text));
 }
