@@ -254,6 +254,7 @@ const OPEN_BRACKET = 0x5b; // [
 const CLOSE_BRACKET = 0x5d; // ]
 const QUOTE = 0x22; // "
 const BACKSLASH = 0x5c; // \
+const NEWLINE = 0x0a; // \n
 const WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]); // space, tab, \n, \r
 // No request needs deeper nesting; deeper input only costs stack, and on some
 // runtimes JSON.stringify takes half a second to overflow on 50,000 levels.
@@ -306,8 +307,9 @@ class MessageReader {
 
   /** Adds a chunk that has just arrived. */
   push(bytes: Buffer): void {
-    // An ASCII chunk is its own latin1 text: one byte, one character.
-    this.chunks.push({ bytes, text: isAscii(bytes) ? bytes.toString("latin1") : undefined });
+    // Only a chunk with a newline can hold a whole line; an ASCII one is its own latin1 text (a byte, a character).
+    const text = bytes.includes(NEWLINE) && isAscii(bytes) ? bytes.toString("latin1") : undefined;
+    this.chunks.push({ bytes, text });
   }
 
   /**
