@@ -139,6 +139,22 @@ async function pool(limit: number, tasks: Array<() => Promise<void>>): Promise<v
   await Promise.all(Array.from({ length: limit }, worker));
 }
 
+/**
+ * Waits until the socket drains or closes, then takes both listeners off: racing two once() calls would leave the
+ * loser's listeners on the socket after every full write (and warn of a leak after ten).
+ */
+function drainedOrClosed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off("drain", done);
+      socket.off("close", done);
+      resolve();
+    };
+    socket.on("drain", done);
+    socket.on("close", done);
+  });
+}
+
 async function open(port: number): Promise<Socket> {
   const socket = connect(port, "127.0.0.1");
   socket.on("error", () => {}); // the server may close chaos clients rudely; that is the point
@@ -226,7 +242,7 @@ async function streamPhase(server: ChildServer): Promise<void> {
     socket.on("data", (data) => (reply += data));
     socket.write('{"jsonrpc":"2.0","method":"add","params":["');
     for (let sent = 0; sent < SIZES.streamMiB * MB && !socket.destroyed; sent += chunk.length) {
-      if (!socket.write(chunk)) await Promise.race([once(socket, "drain"), once(socket, "close")]);
+      if (!socket.write(chunk)) await drainedOrClosed(socket);
     }
     socket.end();
     if (!socket.destroyed) await once(socket, "close");
@@ -392,7 +408,7 @@ async function sendUnfinished(port: number): Promise<{ sockets: Socket[]; refuse
       });
       socket.write('{"jsonrpc":"2.0","method":"add","params":["');
       for (let sent = 0; sent < 1_000_000 && !socket.destroyed; sent += chunk.length) {
-        if (!socket.write(chunk)) await Promise.race([once(socket, "drain"), once(socket, "close")]);
+        if (!socket.write(chunk)) await drainedOrClosed(socket);
       }
     }),
   );
