@@ -343,8 +343,9 @@ class MessageReader {
    * messages, if the text up to the next newline parses as one object or
    * array, that line is the next message, and its brackets need no counting.
    * Otherwise (no newline yet, not JSON, two messages on a line) undefined,
-   * and scan() decides. Only lines of up to 2 * MAX_DEPTH characters: no
-   * shorter line can nest deeper than MAX_DEPTH.
+   * and scan() decides. Only lines of up to 2 * MAX_DEPTH characters (no
+   * shorter line can nest deeper than MAX_DEPTH) and up to maxBytes: scan()
+   * gives a longer one the errors it deserves.
    */
   private wholeLine(text: string): Framed | undefined {
     while (WHITESPACE.has(text.charCodeAt(this.at))) this.at++; // what lies between messages
