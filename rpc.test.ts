@@ -16,13 +16,16 @@ import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import jayson from "jayson";
 import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+import { Buffer } from "node:buffer";
 import {
+  type Budget,
   connect,
   type ConnectOptions,
   ERROR_CODES,
   FUNCTIONS,
   type Functions,
   handleMessage,
+  MessageReader,
   resultOf,
   rpcCall,
   type RpcClient,
@@ -36,6 +39,12 @@ import {
 // ---------------------------------------------------------------------------
 // Helpers: servers and raw peers that are all closed after each test
 // ---------------------------------------------------------------------------
+
+const hasPython = spawnSync("python3", ["--version"]).status === 0;
+
+// Any Promise rejected with no one to catch it, anywhere in the suite, fails the last test (vitest reports it too).
+const unhandled: unknown[] = [];
+process.on("unhandledRejection", (reason) => unhandled.push(reason));
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -271,6 +280,145 @@ describe("rule 1: framing", () => {
       await peer.closed();
     },
   );
+});
+
+// ---------------------------------------------------------------------------
+// Rule 1, without sockets: the reader, chunks in, messages out
+// ---------------------------------------------------------------------------
+
+/**
+ * Gives `chunks` to a new MessageReader, one at a time, and lists what comes
+ * out: each message as "line ..." (the newline shortcut took it, parsed) or
+ * "scan ..." (found by counting brackets), then the error that stopped it,
+ * and "partial" if it is left holding part of a message.
+ */
+function frame(chunks: Array<string | Uint8Array>, maxBytes = 10_000, budget?: Budget): string[] {
+  const reader = new MessageReader(maxBytes, budget);
+  const out: string[] = [];
+  try {
+    for (const chunk of chunks) {
+      reader.push(Buffer.from(chunk));
+      for (let message = reader.next(); message !== undefined; message = reader.next()) {
+        out.push(`${message.value === undefined ? "scan" : "line"} ${message.text.toString().trim()}`);
+      }
+    }
+  } catch (error) {
+    return [...out, `error ${(error as RpcError).code}: ${(error as RpcError).message}`];
+  }
+  return reader.hasPartial() ? [...out, "partial"] : out;
+}
+
+const deep = (levels: number) => "[".repeat(levels) + "]".repeat(levels);
+
+describe("MessageReader: framing without sockets", () => {
+  test.each<[string, Array<string | Uint8Array>, string[]]>([
+    ["one message, no newline", ['{"a":1}'], ['scan {"a":1}']],
+    ["one message and a newline: the shortcut", ['{"a":1}\n'], ['line {"a":1}']],
+    ["two messages back to back", ['{"a":1}{"b":2}'], ['scan {"a":1}', 'scan {"b":2}']],
+    ["two messages on one line: the line is not one JSON text, its rest is", ['{"a":1}{"b":2}\n'], [
+      'scan {"a":1}',
+      'line {"b":2}',
+    ]],
+    ["a batch on its line", ['[{"a":1},{"b":2}]\n'], ['line [{"a":1},{"b":2}]']],
+    ["whitespace, CRLF and blank lines between", [' \t{"a":1}\r\n\r\n \n{"b":2}\n'], ['line {"a":1}', 'line {"b":2}']],
+    ["cut inside a string", ['{"a":"x', 'y"}\n'], ['scan {"a":"xy"}']],
+    ["cut between messages", ['{"a":1}\n{"b"', ":2}\n"], ['line {"a":1}', 'scan {"b":2}']],
+    ["cut right after an opening bracket", ["[", "1]\n"], ["scan [1]"]],
+    ["cut before the last closing bracket", ['{"a":[1]', "}"], ['scan {"a":[1]}']],
+    ["brackets and escaped quotes inside strings", ['{"a":"}]\\"[{"}\n'], ['line {"a":"}]\\"[{"}']],
+    ["an escaped backslash before a closing quote", ['{"a":"\\\\"}'], ['scan {"a":"\\\\"}']],
+    ["a line inside a message is never taken whole", ["[\n", '{"a":1}\n', "]\n"], ['scan [\n{"a":1}\n]']],
+    ["a line longer than 2,000 bytes, which could nest too deep, is counted", [`{"a":"${"x".repeat(2000)}"}\n`], [
+      `scan {"a":"${"x".repeat(2000)}"}`,
+    ]],
+    ["nesting of exactly 1,000 levels on its line (2,000 bytes)", [deep(1000) + "\n"], [`line ${deep(1000)}`]],
+    ["1,001 levels on a short line", [deep(1001) + "\n"], ["error -32600: message nested deeper than 1000 levels"]],
+    ["a line that is JSON but not an object or array", ["1\n"], [
+      'error -32700: parse error: expected a JSON object or array, got "1"',
+    ]],
+    ["a string on its line", ['"x"\n'], ['error -32700: parse error: expected a JSON object or array, got "\\""']],
+    ["a wrong closing bracket", ['[{"a":1]'], ["error -32700: parse error: expected }, got ]"]],
+    ["a message that has not ended", ['{"a":[1,'], ["partial"]],
+    ["broken JSON inside balanced brackets is still one message", ['{"a":}\n'], ['scan {"a":}']],
+  ])("%s", (_, chunks, expected) => {
+    expect(frame(chunks)).toEqual(expected);
+  });
+
+  test("a message in one-byte chunks, inside multi-byte characters too", () => {
+    const bytes = new TextEncoder().encode('{"a":"héllo €😀 \\"}"}\n');
+    expect(frame(Array.from(bytes, (byte) => Uint8Array.of(byte)))).toEqual(['scan {"a":"héllo €😀 \\"}"}']);
+  });
+
+  test("a chunk that is not all ASCII skips the shortcut, and is decoded whole", () => {
+    expect(frame(['{"a":"é"}\n'])).toEqual(['scan {"a":"é"}']);
+  });
+
+  test.each([
+    ["without a newline", ""],
+    ["with a newline (the shortcut must not take it)", "\n"],
+  ])("a message longer than maxBytes is an error, %s", (_, end) => {
+    const message = `{"a":"${"x".repeat(20)}"}`;
+    expect(frame([message + end], 28)).toEqual([`${end === "" ? "scan" : "line"} ${message}`]); // exactly the limit
+    expect(frame([message + end], 27)).toEqual(["error -32600: message longer than the limit of 27 bytes"]);
+    expect(frame([message.slice(0, 15), message.slice(15) + end], 27)).toEqual([
+      "error -32600: message longer than the limit of 27 bytes",
+    ]);
+  });
+
+  test("readers that share a budget hold at most its bytes of unfinished messages, and give them back", () => {
+    const budget: Budget = { held: 0, max: 10 };
+    const first = new MessageReader(100, budget);
+    const second = new MessageReader(100, budget);
+    first.push(Buffer.from('{"a":"1234'));
+    expect(first.next()).toBeUndefined();
+    expect(budget.held).toBe(10);
+    second.push(Buffer.from("{"));
+    expect(() => second.next()).toThrow("the server holds too many unfinished messages");
+    first.push(Buffer.from('"}'));
+    expect(first.next()?.text.toString()).toBe('{"a":"1234"}');
+    expect(budget.held).toBe(0);
+    const third = new MessageReader(100, budget);
+    third.push(Buffer.from('{"b":'));
+    expect(third.next()).toBeUndefined();
+    expect(budget.held).toBe(5);
+    third.release(); // the connection closed: its bytes go back
+    expect(budget.held).toBe(0);
+  });
+
+  test("messages wait in their chunk until next() is called", () => {
+    const reader = new MessageReader(100);
+    reader.push(Buffer.from('{"a":1}\n{"b":2}\n'));
+    expect(reader.next()?.value).toEqual({ a: 1 });
+    expect(reader.next()?.value).toEqual({ b: 2 });
+    expect(reader.next()).toBeUndefined();
+  });
+
+  test("any stream of messages, cut anywhere, gives back exactly those messages", () => {
+    const value = fc.oneof(
+      fc.dictionary(trickyText, fc.oneof(trickyText, fc.integer(), fc.array(trickyText, { maxLength: 3 }))),
+      fc.array(fc.oneof(trickyText, fc.integer(), fc.constant({})), { maxLength: 4 }),
+    );
+    const stream = fc.array(
+      fc.tuple(value, fc.constantFrom("", "\n", " ", "\r\n\t"), fc.constantFrom(undefined, 1)),
+      { minLength: 1, maxLength: 8 },
+    );
+    fc.assert(
+      fc.property(stream, fc.array(fc.nat(), { maxLength: 16 }), (messages, positions) => {
+        const text = messages.map(([message, end, indent]) => JSON.stringify(message, null, indent) + end).join("");
+        const reader = new MessageReader(1_000_000);
+        const found: unknown[] = [];
+        for (const chunk of cut(new TextEncoder().encode(text), positions)) {
+          reader.push(Buffer.from(chunk));
+          for (let message = reader.next(); message !== undefined; message = reader.next()) {
+            found.push(message.value ?? JSON.parse(message.text.toString()));
+          }
+        }
+        expect(found).toEqual(messages.map(([message]) => message));
+        expect(reader.hasPartial()).toBe(false);
+      }),
+      { numRuns: 300 },
+    );
+  });
 });
 
 // ---------------------------------------------------------------------------
@@ -960,10 +1108,10 @@ async function fakeServer(onConnection: (socket: Socket) => void): Promise<numbe
 }
 
 describe("rpcCall()", () => {
-  test("rpcCall() to a closed port rejects naming the method, the address and the cause", async () => {
+  test("rpcCall() to a closed port rejects naming the address and the cause", async () => {
     const closedPort = await freePort();
     await expect(rpcCall("add", [1, 2], { port: closedPort })).rejects.toThrow(
-      new RegExp(`rpcCall add to 127\\.0\\.0\\.1:${closedPort} failed: .*ECONNREFUSED`),
+      new RegExp(`connect to 127\\.0\\.0\\.1:${closedPort} failed: .*ECONNREFUSED`),
     );
   });
 
@@ -974,7 +1122,7 @@ describe("rpcCall()", () => {
       socket.on("close", () => (clientClosed = true));
     });
     await expect(rpcCall("add", [1, 2], { port, timeoutMs: 100 })).rejects.toThrow(
-      `rpcCall add to 127.0.0.1:${port} failed: no reply within 100 ms`,
+      `call add to 127.0.0.1:${port} failed: no reply within 100 ms`,
     );
     await waitFor(() => clientClosed, "the client to close its socket");
   });
@@ -986,7 +1134,7 @@ describe("rpcCall()", () => {
 
   test("rpcCall() rejects when the reply is not JSON", async () => {
     const port = await fakeServer((socket) => socket.end("{not json}\n"));
-    await expect(rpcCall("add", [1, 2], { port })).rejects.toThrow("the reply is not JSON");
+    await expect(rpcCall("add", [1, 2], { port })).rejects.toThrow("the reply cannot be read");
   });
 
   test("rpcCall() accepts a reply with no newline, no jsonrpc and no id (the Python server's)", async () => {
@@ -1045,7 +1193,7 @@ describe("maxReplyBytes", () => {
   test("rpcCall() rejects a reply longer than maxReplyBytes, saying so", async () => {
     const port = await endlessServer();
     await expect(rpcCall("add", [1, 2], { port, maxReplyBytes: 100_000 })).rejects.toThrow(
-      /rpcCall add to 127\.0\.0\.1:\d+ failed: the reply is too long \(.*100000 bytes/,
+      /call add to 127\.0\.0\.1:\d+ failed: the reply cannot be read \(message longer than the limit of 100000 bytes/,
     );
   });
 
@@ -1054,10 +1202,10 @@ describe("maxReplyBytes", () => {
     const rpc = await client(port, { maxReplyBytes: 100_000 });
     const calls = Promise.allSettled([rpc.call("add", [1, 2]), rpc.call("add", [3, 4])]);
     for (const call of await calls) {
-      expect(call.status === "rejected" && String(call.reason)).toMatch(/the reply is too long/);
+      expect(call.status === "rejected" && String(call.reason)).toMatch(/the reply cannot be read \(message longer/);
     }
     expect(rpc.pending).toBe(0);
-    await expect(rpc.call("add", [1, 2])).rejects.toThrow("too long");
+    await expect(rpc.call("add", [1, 2])).rejects.toThrow("longer than the limit");
   });
 });
 
@@ -1423,13 +1571,13 @@ describe("TLS", () => {
 
   test("a client that does not trust the server's certificate refuses it", async () => {
     const { port } = await start({ tls: serverTls });
-    await expect(rpcCall("add", [1, 2], { port, tls: {} })).rejects.toThrow(/rpcCall add to .* failed/);
+    await expect(rpcCall("add", [1, 2], { port, tls: {} })).rejects.toThrow(/(connect|call add) to .* failed/);
     await expect(connect({ port, tls: {} })).rejects.toThrow(/connect to .* failed/);
   });
 
   test("a plain TCP client gets no answer from a TLS server", async () => {
     const { port } = await start({ tls: serverTls });
-    await expect(rpcCall("add", [1, 2], { port, timeoutMs: 1000 })).rejects.toThrow(/rpcCall add to .* failed/);
+    await expect(rpcCall("add", [1, 2], { port, timeoutMs: 1000 })).rejects.toThrow(/(connect|call add) to .* failed/);
   });
 
   test("with ca and requestCert, a client with a certificate that CA signed is served", async () => {
@@ -1443,10 +1591,311 @@ describe("TLS", () => {
   ])("with ca and requestCert, a client with %s fails the handshake", async (_, tls) => {
     const lines: string[] = [];
     const { port } = await start({ tls: mutualTls, log: (line) => lines.push(line) });
-    await expect(rpcCall("add", [1, 2], { port, tls, timeoutMs: 2000 })).rejects.toThrow(/rpcCall add to .* failed/);
+    await expect(rpcCall("add", [1, 2], { port, tls, timeoutMs: 2000 })).rejects.toThrow(
+      /(connect|call add) to .* failed/,
+    );
     await waitFor(() => lines.some((line) => line.includes("TLS handshake")), "the server to log the failed handshake");
     expect(lines.filter((line) => line.startsWith("Client connected"))).toEqual([]);
   });
+});
+
+// ---------------------------------------------------------------------------
+// No handler, peer or stall takes the server down or holds it
+// ---------------------------------------------------------------------------
+
+/** Values a careless or hostile handler might throw: none of them can even be turned into text safely. */
+const ODD_THROWS: Array<[string, () => unknown]> = [
+  ["an object with no prototype", () => Object.create(null)],
+  ["an object whose code getter throws", () => ({
+    get code() {
+      throw new Error("no code");
+    },
+    message: "x",
+  })],
+  ["an object whose message getter throws", () => ({
+    code: 1,
+    get message() {
+      throw Object.create(null);
+    },
+  })],
+  ["an Error whose message getter throws", () =>
+    Object.defineProperty(new Error(), "message", {
+      get() {
+        throw Object.create(null);
+      },
+    })],
+  ["a Proxy whose every trap throws", () =>
+    new Proxy({}, {
+      get() {
+        throw Object.create(null);
+      },
+      getPrototypeOf() {
+        throw Object.create(null);
+      },
+    })],
+  ["undefined", () => undefined],
+  ["a Symbol", () => Symbol("odd")],
+];
+
+/** For each odd value: a method that throws it, one that rejects with it, and one that returns something made of it. */
+const ODD_FUNCTIONS: Functions = Object.fromEntries(
+  ODD_THROWS.flatMap(([name, make]) => [
+    [`throws ${name}`, () => {
+      throw make();
+    }],
+    [`rejects with ${name}`, () => Promise.reject(make())],
+    [`returns an object whose toJSON throws ${name}`, () => ({
+      toJSON() {
+        throw make();
+      },
+    })],
+  ]),
+);
+ODD_FUNCTIONS["returns a Proxy whose every trap throws"] = () => ODD_THROWS[4][1]();
+ODD_FUNCTIONS["returns a Promise whose then throws"] = () => {
+  const promise = Promise.resolve(1);
+  promise.then = () => {
+    throw Object.create(null);
+  };
+  return promise;
+};
+
+describe("handler faults are replies", () => {
+  test.each(Object.keys(ODD_FUNCTIONS))(
+    "a method that %s: -32603 with its id, and the request behind it is answered",
+    async (method) => {
+      const { port } = await start({ functions: { ...TEST_FUNCTIONS, ...ODD_FUNCTIONS } });
+      const peer = await openPeer(port);
+      await peer.send(
+        JSON.stringify({ jsonrpc: "2.0", method, id: 1 }) + JSON.stringify({ method, id: 2 }) + // 2.0, then 1.0
+          '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":3}',
+      );
+      const replies = (await peer.replies(3)) as Array<{ id: number }>;
+      const byId = replies.sort((a, b) => a.id - b.id);
+      expect(byId[0]).toEqual(errorReply(ERROR_CODES.INTERNAL_ERROR, 1));
+      expect(byId[1]).toEqual({ result: null, error: expect.any(String), id: 2 });
+      expect(byId[2]).toEqual({ jsonrpc: "2.0", result: 3, id: 3 });
+    },
+  );
+
+  test("handleMessage() turns every odd throw into a reply, and its Promise never rejects", async () => {
+    for (const method of Object.keys(ODD_FUNCTIONS)) {
+      const reply = await handleMessage({ jsonrpc: "2.0", method, id: 1 }, { functions: ODD_FUNCTIONS });
+      expect(reply, method).toMatchObject({ jsonrpc: "2.0", id: 1 });
+    }
+  });
+
+  test("a result longer than maxReplyBytes is not sent: -32603 says so, and the connection goes on", async () => {
+    const { port } = await start({ maxReplyBytes: 1000 });
+    const peer = await openPeer(port);
+    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(2000)}"],"id":1}`);
+    const [reply] = await peer.replies(1);
+    expect(reply).toEqual(errorReply(ERROR_CODES.INTERNAL_ERROR, 1));
+    expect(JSON.stringify(reply)).toContain("over the server's limit of 1000");
+    await peer.send('{"jsonrpc":"2.0","method":"echo","params":["short"],"id":2}');
+    expect((await peer.replies(2))[1]).toEqual({ jsonrpc: "2.0", result: ["short"], id: 2 });
+  });
+
+  test("a log or trace that throws does not stop the server", async () => {
+    const thrower = () => {
+      throw Object.create(null);
+    };
+    const { port } = await start({ log: thrower, trace: thrower });
+    expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 });
+    expect(await ask(port, "garbage")).toEqual(errorReply(ERROR_CODES.PARSE_ERROR));
+  });
+
+  test("idleTimeoutMs: Infinity means no timeout (a timer that long would fire at once)", async () => {
+    const { port } = await start({ idleTimeoutMs: Infinity });
+    const peer = await openPeer(port);
+    await delay(100);
+    await peer.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
+    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
+  });
+});
+
+/** Sends `text` on the peer every `ms` until it is closed; resolves how long it lasted. */
+async function dribble(peer: Peer, text: () => string, ms: number): Promise<number> {
+  const started = Date.now();
+  const timer = setInterval(() => peer.socket.writable && peer.socket.write(text()), ms);
+  cleanups.push(() => clearInterval(timer));
+  await peer.closed();
+  clearInterval(timer);
+  return Date.now() - started;
+}
+
+describe("idle means no progress", () => {
+  test("a client that sends a space every 50 ms is closed (idleTimeoutMs 200)", async () => {
+    const { port } = await start({ idleTimeoutMs: 200 });
+    const lasted = await dribble(await openPeer(port), () => " ", 50);
+    expect(lasted).toBeGreaterThanOrEqual(150);
+    expect(lasted).toBeLessThan(1000);
+  });
+
+  test("a message that grows by two bytes every 50 ms, never ending, is closed", async () => {
+    const { port } = await start({ idleTimeoutMs: 200 });
+    const peer = await openPeer(port);
+    await peer.send('{"jsonrpc":"2.0","method":"echo","params":["');
+    expect(await dribble(peer, () => "xx", 50)).toBeLessThan(1000);
+  });
+
+  test("a client that completes a request every 50 ms is not idle", async () => {
+    const { port } = await start({ idleTimeoutMs: 200 });
+    const peer = await openPeer(port);
+    for (let id = 0; id < 16; id++) {
+      await peer.send(`{"jsonrpc":"2.0","method":"add","params":[${id},1],"id":${id}}`);
+      await delay(50);
+    }
+    expect(await peer.replies(16)).toHaveLength(16); // 800 ms, four times the timeout, and still open
+  });
+
+  test("a client that never reads its replies is closed, though its writes are stuck", async () => {
+    const lines: string[] = [];
+    const big = () => "x".repeat(200_000);
+    const { port } = await start({ idleTimeoutMs: 200, functions: { big }, log: (line) => lines.push(line) });
+    const socket = createConnection({ port, host: "127.0.0.1" });
+    socket.on("error", () => {});
+    cleanups.push(() => socket.destroy());
+    await once(socket, "connect");
+    socket.pause(); // read nothing
+    socket.write('{"jsonrpc":"2.0","method":"big","id":1}'.repeat(100));
+    const started = Date.now();
+    await waitFor(() => lines.some((line) => line.includes("made no progress")), "the server to give up", 2000);
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+});
+
+describe("idle means no progress: a reply the client reads is progress", () => {
+  test("the sweep after a stuck reply drains keeps the connection; the one after that closes it", async () => {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] }); // the sweeps, one at a time, on demand
+    try {
+      const lines: string[] = [];
+      const huge = () => "x".repeat(40_000_000); // more than the kernel's buffers hold: the write is stuck
+      const functions = { huge };
+      const { port } = await start({
+        idleTimeoutMs: 1000,
+        maxReplyBytes: 50_000_000,
+        functions,
+        log: (l) => lines.push(l),
+      });
+      const socket = createConnection({ port, host: "127.0.0.1" });
+      cleanups.push(() => socket.destroy());
+      await once(socket, "connect");
+      socket.pause();
+      socket.write('{"jsonrpc":"2.0","method":"huge","id":1}\n');
+      await delay(200);
+      vi.advanceTimersByTime(1000); // sweep 1: the request was progress; that is now forgotten
+      let received = 0;
+      socket.on("data", (chunk: Buffer) => (received += chunk.length));
+      socket.resume();
+      await waitFor(() => received > 40_000_000, "the whole reply", 10_000);
+      vi.advanceTimersByTime(1000); // sweep 2: the reply drained since sweep 1
+      await delay(50);
+      expect(lines.filter((line) => line.includes("made no progress"))).toEqual([]);
+      vi.advanceTimersByTime(1000); // sweep 3: nothing since sweep 2
+      await waitFor(() => lines.some((line) => line.includes("made no progress")), "the server to give up");
+    } finally {
+      vi.useRealTimers();
+    }
+  }, 15_000);
+});
+
+describe("TLS handshakes are connections", () => {
+  test.each([
+    ["sends nothing", ""],
+    ["sends half a ClientHello", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"],
+  ])("a client that %s is closed after idleTimeoutMs, and the log says so in words", async (_, bytes) => {
+    const lines: string[] = [];
+    const { port } = await start({ tls: serverTls, idleTimeoutMs: 200, log: (line) => lines.push(line) });
+    const peer = await openPeer(port);
+    await peer.send(Buffer.from(bytes, "latin1"));
+    const started = Date.now();
+    await peer.closed();
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(lines).toEqual([
+      expect.stringMatching(/^Client 127\.0\.0\.1:\d+: TLS handshake not finished in 0\.2 s; closed$/),
+    ]);
+  });
+
+  test("a connection in its handshake counts toward maxConnections", async () => {
+    const lines: string[] = [];
+    const { port } = await start({ tls: serverTls, maxConnections: 2, log: (line) => lines.push(line) });
+    await openPeer(port);
+    await openPeer(port); // two handshakes that never start
+    await delay(20);
+    await expect(rpcCall("add", [1, 2], { port, tls: { ca: pem("ca") }, timeoutMs: 1000 })).rejects.toThrow();
+    expect(lines).toContainEqual(expect.stringContaining("server busy: it already has 2 connections"));
+  });
+});
+
+describe("maxConnectionsPerAddress", () => {
+  test("one connection more from the same address gets -32000 naming the limit", async () => {
+    const { port } = await start({ maxConnectionsPerAddress: 2 });
+    const first = await openPeer(port);
+    await openPeer(port);
+    const third = await openPeer(port);
+    const [reply] = await third.replies(1);
+    expect(reply).toEqual(errorReply(ERROR_CODES.SERVER_BUSY));
+    expect(JSON.stringify(reply)).toContain("127.0.0.1 already has 2 connections");
+    await first.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
+    expect(await first.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
+  });
+
+  test.skipIf(!hasSecondLoopback)("another address still gets in (127.0.0.2 standing in for it)", async () => {
+    const { port } = await start({ maxConnectionsPerAddress: 3 });
+    const crowd = await Promise.all(Array.from({ length: 10 }, () => openPeer(port)));
+    await Promise.all(crowd.slice(3).map((peer) => peer.closed())); // turned away
+    const other = createConnection({ port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+    cleanups.push(() => other.destroy());
+    await once(other, "connect");
+    other.write('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
+    const [chunk] = await once(other, "data");
+    expect(JSON.parse(String(chunk))).toEqual({ jsonrpc: "2.0", result: 3, id: 1 });
+  });
+});
+
+/** A port where the kernel takes no more connections: a Python listener with a full backlog that never accepts. */
+async function unansweredPort(): Promise<number> {
+  const python = spawn("python3", ["-c", UNANSWERED_PY]);
+  cleanups.push(() => python.kill());
+  const [line] = await once(createInterface({ input: python.stdout! }), "line");
+  const port = Number(line);
+  const filler = createConnection({ port, host: "127.0.0.1" }); // takes the backlog's only place
+  cleanups.push(() => filler.destroy());
+  await once(filler, "connect");
+  return port;
+}
+const UNANSWERED_PY = `import socket, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
+print(s.getsockname()[1], flush=True)
+time.sleep(60)`;
+
+describe("clients give up in time", () => {
+  test("connect({ tls }) to a server that accepts and says nothing rejects within timeoutMs", async () => {
+    const port = await fakeServer(() => {});
+    const started = Date.now();
+    await expect(connect({ port, tls: { ca: pem("ca") }, timeoutMs: 300 })).rejects.toThrow(
+      `connect to 127.0.0.1:${port} failed: not connected within 300 ms`,
+    );
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+
+  test("rpcCall() with tls to such a server rejects too", async () => {
+    const port = await fakeServer(() => {});
+    await expect(rpcCall("add", [1, 2], { port, tls: { ca: pem("ca") }, timeoutMs: 300 })).rejects.toThrow(
+      "not connected within 300 ms",
+    );
+  });
+
+  test.skipIf(!hasPython)(
+    "connect() to a port whose TCP handshake never completes rejects within timeoutMs",
+    async () => {
+      const port = await unansweredPort();
+      const started = Date.now();
+      await expect(connect({ port, timeoutMs: 300 })).rejects.toThrow("not connected within 300 ms");
+      expect(Date.now() - started).toBeLessThan(1000);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------
@@ -1765,7 +2214,6 @@ describe("properties", () => {
 // ---------------------------------------------------------------------------
 
 const seedDir = fileURLToPath(new URL("../shared/seed/", import.meta.url));
-const hasPython = spawnSync("python3", ["--version"]).status === 0;
 const hasSeed = hasPython && existsSync(join(seedDir, "rpc_client.py"));
 
 /** Copies a seed script with only its port changed, into a temporary folder. */
@@ -1958,5 +2406,54 @@ describe("jayson, a JSON-RPC 2.0 library from npm", () => {
     const { port } = tcp.address() as { port: number };
     expect(await rpcCall("add", [10, 20], { port })).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
     expect(await rpcCall("divide", [10, 5], { port })).toMatchObject({ error: { code: ERROR_CODES.METHOD_NOT_FOUND } });
+  });
+});
+
+// ---------------------------------------------------------------------------
+// rpc.ts itself
+// ---------------------------------------------------------------------------
+
+/**
+ * rpc.ts's lines of code (neither blank nor comment), and the length in lines
+ * of each top-level function and of each method or inner function.
+ */
+function measure(source: string): { code: number; functions: Map<string, number>; methods: Map<string, number> } {
+  const lines = source.split("\n");
+  let code = 0;
+  let inComment = false;
+  for (const line of lines) {
+    if (inComment) inComment = !line.includes("*/");
+    else if (/^\s*\/\*/.test(line)) inComment = !line.includes("*/");
+    else if (!/^\s*(\/\/.*)?$/.test(line)) code++;
+  }
+  const functions = new Map<string, number>();
+  const methods = new Map<string, number>();
+  lines.forEach((line, start) => {
+    const declared = /^(\s*)(?:export )?(?:async )?function (\w+)/.exec(line) ??
+      /^(\s+)(?:private |static |readonly |async |get )*(\w+)(?:<\w+>)?\(.*\)(?:: [^=]+)? \{$/.exec(line);
+    if (declared === null) return;
+    const [, indent, name] = declared;
+    const end = lines.findIndex((other, i) => i > start && new RegExp(`^${indent}\\}[,;)]*$`).test(other));
+    (indent === "" ? functions : methods).set(name, end - start + 1);
+  });
+  return { code, functions, methods };
+}
+
+describe("rpc.ts itself", () => {
+  const { code, functions, methods } = measure(readFileSync(new URL("./rpc.ts", import.meta.url), "utf8"));
+
+  test("rpc.ts has at most 700 lines of code", () => {
+    expect(code).toBeLessThanOrEqual(700);
+  });
+
+  test("no top-level function is over 80 lines, and no method or inner function over 60", () => {
+    expect(functions.size).toBeGreaterThan(20); // the measure finds them
+    expect(methods.get("readOn")).toBeGreaterThan(5);
+    expect([...functions].filter(([, length]) => length > 80)).toEqual([]);
+    expect([...methods].filter(([, length]) => length > 60)).toEqual([]);
+  });
+
+  test("no Promise was left to reject unhandled during the suite", () => {
+    expect(unhandled).toEqual([]);
   });
 });

@@ -3,10 +3,12 @@
  * so that its memory can be read apart from theirs. Prints one line,
  * `{"port":N}`, once listening; closes gracefully on SIGTERM.
  *
- *     npx tsx stress/server.ts [--max-connections N]   # rpc.ts, with FUNCTIONS and wait(ms)
+ *     npx tsx stress/server.ts [--max-connections N]   # rpc.ts, with FUNCTIONS, wait(ms) and big(bytes)
+ *         [--idle-timeout-ms N] [--max-per-address N] [--tls]   # its limits, and TLS with tls/'s certificates
  *     npx tsx stress/server.ts --endless               # a broken server: every reply is a string that never ends
  *     npx tsx stress/server.ts --discard               # a bare server that reads every byte and keeps none
  */
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
@@ -17,6 +19,9 @@ const { values } = parseArgs({
   args: process.argv.slice(2),
   options: {
     "max-connections": { type: "string", default: "1000" },
+    "idle-timeout-ms": { type: "string", default: "60000" },
+    "max-per-address": { type: "string" },
+    tls: { type: "boolean", default: false },
     endless: { type: "boolean", default: false },
     discard: { type: "boolean", default: false },
   },
@@ -43,15 +48,21 @@ if (values.endless || values.discard) {
   });
   process.once("SIGTERM", () => process.exit(0));
 } else {
+  const pem = (name: string) => readFileSync(new URL(`../tls/${name}.pem`, import.meta.url));
   const server = await startServer({
     port: 0,
     maxConnections: Number(values["max-connections"]),
+    idleTimeoutMs: Number(values["idle-timeout-ms"]),
+    maxConnectionsPerAddress: values["max-per-address"] === undefined ? undefined : Number(values["max-per-address"]),
+    tls: values.tls ? { key: pem("server-key"), cert: pem("server") } : undefined,
+    maxReplyBytes: 64 * 1024 * 1024,
     functions: {
       ...FUNCTIONS,
       wait: async (ms) => {
         await delay(Number(ms));
         return "waited";
       },
+      big: (bytes) => "x".repeat(Number(bytes)),
     },
   });
   console.log(JSON.stringify({ port: server.port }));

@@ -20,9 +20,17 @@
  * sending 1,000,000 bytes of a message that never ends raise it by under
  * 200 MB, and a call answers meanwhile. The client's limit: a server that
  * streams an endless reply grows a connect() client by under 100 MB, and the
- * call rejects within its timeout.
+ * call rejects within its timeout. Stalls (idleTimeoutMs 2 s, maxConnections
+ * 50): 20 clients that send a space every 500 ms, 20 whose message grows by
+ * two bytes every 500 ms and 10 that never read a 20 MB reply are all closed
+ * within 5 s (twice the timeout, and a second of slack), and a call answers
+ * after. TLS: 50 connections that never start a handshake and 50 that stop
+ * half-way through a ClientHello are closed within 5 s. One address: with
+ * maxConnectionsPerAddress 100, 1,100 connections from 127.0.0.1 leave a call
+ * from 127.0.0.2 answered.
  */
 import { once } from "node:events";
+import { readFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import os from "node:os";
 import process from "node:process";
@@ -51,7 +59,12 @@ const SIZES = {
   waitingRequests: small ? 20_000 : 200_000,
   shortWaits: small ? 2000 : 20_000,
   unfinishedConnections: small ? 100 : 900,
+  dribblers: small ? 4 : 20,
+  nonReaders: small ? 2 : 10,
+  handshakes: small ? 10 : 50,
+  fromOneAddress: small ? 200 : 1100,
 };
+const IDLE_MS = 2000; // the stall phases' idleTimeoutMs
 const MB = 1024 * 1024;
 
 // ---------------------------------------------------------------------------
@@ -475,8 +488,150 @@ async function endlessReplyPhase(): Promise<void> {
     `an endless reply grows the connect() client by ${(peak - before).toFixed(1)} MB (target < 100 MB)`,
   );
   check(
-    seconds < 5 && outcome.includes("too long"),
+    seconds < 5 && outcome.includes("longer than the limit"),
     `the call rejects in ${seconds.toFixed(2)} s (target: within its 5 s timeout): ${outcome}`,
+  );
+}
+
+/** Opens a connection and writes `text` every 500 ms; resolves how long it lasted once the server closes it. */
+async function dribbler(port: number, first: string, text: string): Promise<number> {
+  const socket = await open(port);
+  socket.resume(); // whatever the server says is read and ignored
+  const started = performance.now();
+  socket.write(first);
+  const timer = setInterval(() => socket.writable && socket.write(text), 500);
+  await Promise.race([once(socket, "close"), delay(6 * IDLE_MS)]);
+  clearInterval(timer);
+  socket.destroy();
+  return performance.now() - started;
+}
+
+/** Opens a connection, asks for a 20 MB reply and never reads it; resolves how long it lasted. */
+async function nonReader(port: number): Promise<number> {
+  const socket = await open(port);
+  socket.pause(); // read nothing: the reply stays stuck in the server's buffers
+  const started = performance.now();
+  socket.write('{"jsonrpc":"2.0","method":"big","params":[20000000],"id":1}\n');
+  await Promise.race([once(socket, "close"), delay(6 * IDLE_MS)]);
+  socket.destroy();
+  return performance.now() - started;
+}
+
+/** Calls until a call is answered (not turned away); resolves how long that took, or Infinity after `limitMs`. */
+async function untilServed(port: number, limitMs: number): Promise<number> {
+  const started = performance.now();
+  while (performance.now() - started < limitMs) {
+    const reply = await rpcCall("add", [1, 2], { port }).catch(() => undefined);
+    if (reply?.result === 3) return performance.now() - started;
+    await delay(100);
+  }
+  return Infinity;
+}
+
+/**
+ * Slow senders and non-readers take every place (maxConnections); the idle sweep must free them all, so that a
+ * well-behaved client gets in. A non-reader's socket is closed by the server but stays open at the client: the
+ * kernel still holds the reply it will not read, so freedom is measured by the next client getting in.
+ */
+async function stallPhase(): Promise<void> {
+  const total = 2 * SIZES.dribblers + SIZES.nonReaders;
+  const server = await startChild(runtime, ["--idle-timeout-ms", String(IDLE_MS), "--max-connections", String(total)]);
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const stalls = [
+    ...Array.from({ length: SIZES.dribblers }, () => dribbler(server.port, "", " ")),
+    ...Array.from({ length: SIZES.dribblers }, () => dribbler(server.port, '{"method":"add","params":["', "xx")),
+    ...Array.from({ length: SIZES.nonReaders }, () => nonReader(server.port)),
+  ];
+  await delay(500);
+  const turnedAway = await rpcCall("add", [1, 2], { port: server.port });
+  const served = await untilServed(server.port, 6 * IDLE_MS);
+  if (served < Infinity) tally.answered++;
+  const peak = sampler.stop();
+  const lasted = await Promise.all(stalls.slice(0, 2 * SIZES.dribblers));
+  row(`${total} stalled clients, idleTimeoutMs ${IDLE_MS}`, tally, before, peak, server.rssMb());
+  await server.stop("SIGKILL");
+  await Promise.all(stalls);
+  const limit = 2 * IDLE_MS + 1000;
+  check(
+    turnedAway.error !== undefined,
+    `while they held every place, a call was turned away: ${JSON.stringify(turnedAway.error).slice(0, 70)}`,
+  );
+  check(
+    served + 500 < limit,
+    `${SIZES.dribblers} space senders, ${SIZES.dribblers} growing messages and ${SIZES.nonReaders} non-readers ` +
+      `(of 20 MB replies) were closed: a call got in ${((served + 500) / 1000).toFixed(1)} s after they started, ` +
+      `the slow senders saw their close after ${(Math.max(...lasted) / 1000).toFixed(1)} s (target < ${
+        limit / 1000
+      } s)`,
+  );
+}
+
+/** TLS handshakes that never finish: each counts as a connection, and is closed after idleTimeoutMs. */
+async function handshakePhase(): Promise<void> {
+  const server = await startChild(runtime, ["--idle-timeout-ms", String(IDLE_MS), "--tls"]);
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const halfHello = Buffer.from("1603010200010001fc0303", "hex"); // a record header, then stops
+  const lasted = await Promise.all([
+    ...Array.from({ length: SIZES.handshakes }, () => dribbler(server.port, "", "")),
+    ...Array.from({ length: SIZES.handshakes }, async () => {
+      const socket = await open(server.port);
+      const started = performance.now();
+      socket.write(halfHello);
+      await Promise.race([once(socket, "close"), delay(6 * IDLE_MS)]);
+      socket.destroy();
+      return performance.now() - started;
+    }),
+  ]);
+  const tls = { ca: readFileSync(new URL("../tls/ca.pem", import.meta.url)) };
+  const reply = await rpcCall("add", [1, 2], { port: server.port, tls }).catch(() => undefined);
+  if (reply?.result === 3) tally.answered++;
+  const peak = sampler.stop();
+  row(`${2 * SIZES.handshakes} stalled TLS handshakes`, tally, before, peak, server.rssMb());
+  await server.stop("SIGKILL");
+  const longest = Math.max(...lasted);
+  check(
+    longest < 2 * IDLE_MS + 1000,
+    `${SIZES.handshakes} silent and ${SIZES.handshakes} half-finished TLS handshakes all closed, the last after ` +
+      `${(longest / 1000).toFixed(1)} s (target < ${(2 * IDLE_MS + 1000) / 1000} s)`,
+  );
+  check(tally.answered === 1, "a TLS call after them is answered");
+}
+
+/** Many connections from one address; with maxConnectionsPerAddress set, another address still gets in. */
+async function oneAddressPhase(): Promise<void> {
+  const server = await startChild(runtime, ["--max-per-address", "100", "--max-connections", "2000"]);
+  const tally = new Tally();
+  const before = server.rssMb();
+  const sampler = peakSampler(server);
+  const sockets: Socket[] = [];
+  const openOne = async () => {
+    sockets.push(await open(server.port));
+  };
+  await pool(100, Array.from({ length: SIZES.fromOneAddress }, () => openOne));
+  await delay(500);
+  const started = performance.now();
+  const other = connect({ port: server.port, host: "127.0.0.1", localAddress: "127.0.0.2" });
+  other.on("error", () => {});
+  other.setEncoding("utf8");
+  other.write('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
+  const answer = await Promise.race([once(other, "data").then(([text]) => String(text)), delay(5000)]);
+  if (typeof answer === "string" && answer.includes('"result":3')) {
+    tally.answered++;
+    tally.latencies.push(performance.now() - started);
+  }
+  other.destroy();
+  const peak = sampler.stop();
+  for (const socket of sockets) socket.destroy();
+  row(`${SIZES.fromOneAddress} connections from one address`, tally, before, peak, server.rssMb());
+  await server.stop("SIGKILL");
+  check(
+    tally.answered === 1,
+    `with maxConnectionsPerAddress 100, a call from 127.0.0.2 beside ${SIZES.fromOneAddress} connections from ` +
+      `127.0.0.1 answers (in ${tally.latencies[0]?.toFixed(1)} ms)`,
   );
 }
 
@@ -525,6 +680,9 @@ for (
   await fresh.stop("SIGKILL"); // its calls would wait 20 s more, and close() waits for calls
 }
 await endlessReplyPhase();
+await stallPhase();
+await handshakePhase();
+await oneAddressPhase();
 
 const fmt = (n: number) => (Number.isNaN(n) ? "-" : n.toFixed(1));
 console.log("\n| phase | calls answered | lost | p50 ms | p99 ms | RSS before MB | peak MB | after MB |");
