@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { getEventListeners, once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -2213,42 +2213,43 @@ describe("properties", () => {
 // Interop: peers nobody here wrote
 // ---------------------------------------------------------------------------
 
-const seedDir = fileURLToPath(new URL("../shared/seed/", import.meta.url));
-const hasSeed = hasPython && existsSync(join(seedDir, "rpc_client.py"));
-
-/** Copies a seed script with only its port changed, into a temporary folder. */
-function seedWithPort(file: string, port: number): string {
-  const dir = mkdtempSync(join(tmpdir(), "rpc-seed-"));
-  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-  const path = join(dir, file);
-  writeFileSync(path, readFileSync(join(seedDir, file), "utf8").replaceAll("5000", String(port)));
-  return path;
+/** Runs one of the Python peers in test/python (written in the lab's style: a thread per client, one recv(1024)). */
+function python(file: "rpc_client.py" | "rpc_server.py", port: number): ChildProcess {
+  const child = spawn("python3", [
+    "-u",
+    fileURLToPath(new URL(`./test/python/${file}`, import.meta.url)),
+    String(port),
+  ]);
+  cleanups.push(() => child.kill());
+  return child;
 }
 
-describe.skipIf(!hasSeed)(`the Python lab (${hasSeed ? "found" : "SKIPPED: needs python3 and ../shared/seed"})`, () => {
-  test("the Python client, unchanged but for its port, gets its three answers", async () => {
-    const { port } = await start();
-    const child = spawn("python3", [seedWithPort("rpc_client.py", port)]);
-    let output = "";
-    child.stdout.on("data", (chunk) => (output += chunk));
-    const [code] = await once(child, "exit");
-    expect(code).toBe(0);
-    expect(output).toBe(
-      "Calling add(10, 20)\n{'result': 30, 'error': None, 'id': None}\n\n" +
-        "Calling multiply(5, 6)\n{'result': 30, 'error': None, 'id': None}\n\n" +
-        "Calling a non-existing function:\n{'result': None, 'error': 'method not found: \"divide\"', 'id': None}\n",
-    );
-  });
+describe.skipIf(!hasPython)(
+  `the Python lab's style, test/python (${hasPython ? "found" : "SKIPPED: needs python3"})`,
+  () => {
+    test("its client, one request per connection with no newline and no id, gets its three answers", async () => {
+      const { port } = await start();
+      const child = python("rpc_client.py", port);
+      let output = "";
+      child.stdout?.on("data", (chunk) => (output += chunk));
+      const [code] = await once(child, "exit");
+      expect(code).toBe(0);
+      expect(output).toBe(
+        "add(10, 20) -> {'result': 30, 'error': None, 'id': None}\n" +
+          "multiply(5, 6) -> {'result': 30, 'error': None, 'id': None}\n" +
+          "divide(10, 5) -> {'result': None, 'error': 'method not found: \"divide\"', 'id': None}\n",
+      );
+    });
 
-  test("rpcCall() gets its answers from the Python server", async () => {
-    const port = await freePort();
-    const child: ChildProcess = spawn("python3", ["-u", seedWithPort("rpc_server.py", port)]);
-    cleanups.push(() => child.kill());
-    await waitFor(() => child.stdout?.read() !== null, "the Python server to start");
-    expect(await rpcCall("add", [10, 20], { port })).toEqual({ result: 30 });
-    expect(await rpcCall("divide", [10, 5], { port })).toEqual({ error: "Method not found" });
-  });
-});
+    test("rpcCall() gets its answers from its server, which sends no newline, no jsonrpc and no id", async () => {
+      const child = python("rpc_server.py", 0);
+      const [line] = await once(createInterface({ input: child.stdout! }), "line");
+      const port = Number(String(line).split(" ").at(-1));
+      expect(await rpcCall("add", [10, 20], { port })).toEqual({ result: 30 });
+      expect(await rpcCall("divide", [10, 5], { port })).toEqual({ error: "Method not found" });
+    });
+  },
+);
 
 async function freePort(): Promise<number> {
   const server = createServer().listen(0, "127.0.0.1");

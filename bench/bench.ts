@@ -17,10 +17,8 @@
  */
 import { spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
 import process from "node:process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
@@ -55,30 +53,19 @@ async function child(name: string, runtime: Runtime, file?: string, args: string
   return { name: `${name} on ${runtime}`, ...await startChild(runtime, args, file) };
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  server.close();
-  return typeof address === "object" && address !== null ? address.port : 0;
-}
-
-/** The Python lab's server, unchanged but for its port, or undefined without python3 or ../shared. */
-async function seed(): Promise<Target | undefined> {
-  const source = here("../../shared/seed/rpc_server.py");
-  if (!existsSync(source)) return undefined;
-  const port = await freePort();
-  const copy = join(mkdtempSync(join(os.tmpdir(), "rpc-bench-")), "rpc_server.py");
-  writeFileSync(copy, readFileSync(source, "utf8").replaceAll("5000", String(port)));
-  const python = spawn("python3", ["-u", copy], { stdio: ["ignore", "pipe", "inherit"] });
-  const started = await Promise.race([
-    once(createInterface({ input: python.stdout }), "line").then(() => true),
-    once(python, "error").then(() => false),
+/** A server in the Python lab's style (test/python/rpc_server.py: a thread per client), or undefined without python3. */
+async function pythonLab(): Promise<Target | undefined> {
+  const python = spawn("python3", ["-u", here("../test/python/rpc_server.py"), "0"], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const line = await Promise.race([
+    once(createInterface({ input: python.stdout }), "line").then(([text]) => String(text)),
+    once(python, "error").then(() => undefined),
   ]);
-  if (!started) return undefined;
+  if (line === undefined) return undefined;
   return {
     name: "Python lab",
-    port,
+    port: Number(line.split(" ").at(-1)), // "listening on PORT"
     pid: python.pid ?? 0,
     async stop() {
       python.kill();
@@ -154,8 +141,8 @@ for (const runtime of runtimes) {
     },
   );
 }
-const python = await seed();
-if (python === undefined) console.log("(the Python lab's server is skipped: it needs python3 and ../shared/seed)");
+const python = await pythonLab();
+if (python === undefined) console.log("(the Python lab's server is skipped: it needs python3)");
 else {
   targets.push(python);
   rows.push({
