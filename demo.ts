@@ -24,6 +24,7 @@ import type { TlsOptions } from "node:tls";
 import process from "node:process";
 import { setTimeout } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { Worker } from "node:worker_threads";
 import {
@@ -36,6 +37,7 @@ import {
   type RpcServer,
   startServer,
 } from "./rpc.ts";
+import { type NetworkSettings, watch } from "./watch/watch.ts";
 
 const SLOW_MS = 1000;
 const SLOW_CALLS = 5;
@@ -154,33 +156,46 @@ async function runClient(target: ConnectOptions): Promise<void> {
 // The server, and what its terminal shows
 // ---------------------------------------------------------------------------
 
+/** A view of the wire: told each message that arrives (-->) and each reply sent (<--). */
+type Trace = (arrow: "-->" | "<--", address: string, text: string) => void;
+
 /**
- * The server's news, one line each, except that a burst of connections is
- * summed up: after the first few in a second, one line with the count.
+ * The server's terminal: its news and, with --trace, every message, one line
+ * each, except that bursts are summed up. Connections and traced messages each
+ * show at most a few a second; the rest are counted, and the count is printed
+ * once the second is over, so that a burst of 500 calls leaves a screenful,
+ * not a flood.
  */
-function createServerLog(): { log: (line: string) => void; flush: () => void } {
-  const SHOWN_PER_SECOND = 10;
-  let shown = 0;
-  let hidden = 0;
+function createServerLog(): { log: (line: string) => void; trace: Trace; flush: () => void } {
+  const SHOWN_PER_SECOND = { connections: 10, messages: 20 };
+  const shown = { connections: 0, messages: 0 };
+  const hidden = { connections: 0, messages: 0 };
   let timer: ReturnType<typeof setTimeout> | undefined;
   function flush(): void {
-    if (hidden > 0) {
-      console.log(`  [server] +${hidden} more connections (at most ${SHOWN_PER_SECOND} a second are shown)`);
+    for (const kind of ["connections", "messages"] as const) {
+      if (hidden[kind] > 0) {
+        console.log(`  [server] +${hidden[kind]} more ${kind} (at most ${SHOWN_PER_SECOND[kind]} a second are shown)`);
+      }
+      shown[kind] = 0;
+      hidden[kind] = 0;
     }
-    shown = 0;
-    hidden = 0;
     clearTimeout(timer);
     timer = undefined;
   }
-  function log(line: string): void {
-    if (!line.startsWith("Client connected")) console.log(`  [server] ${line}`);
-    else if (shown < SHOWN_PER_SECOND) {
-      shown++;
+  function show(kind: "connections" | "messages", line: string): void {
+    if (shown[kind] < SHOWN_PER_SECOND[kind]) {
+      shown[kind]++;
       console.log(`  [server] ${line}`);
-    } else hidden++;
+    } else hidden[kind]++;
     timer ??= setTimeout(flush, 1000).unref(); // unref: a pending summary must not keep the process alive
   }
-  return { log, flush };
+  return {
+    log: (
+      line,
+    ) => (line.startsWith("Client connected") ? show("connections", line) : console.log(`  [server] ${line}`)),
+    trace: (arrow, address, text) => show("messages", `${address} ${arrow} ${short(text)}`),
+    flush,
+  };
 }
 
 function isLoopback(host: string): boolean {
@@ -210,17 +225,20 @@ const serverTls = () => ({ key: pem("server-key"), cert: pem("server"), ca: pem(
 /** The client's TLS options: trust our CA, and show our client certificate. */
 const clientTls = () => ({ ca: pem("ca"), key: pem("client-key"), cert: pem("client") });
 
-/** Prints one message of the wire view: who, which way, and the JSON, cut short when long. */
-function printTrace(arrow: string, address: string, text: string): void {
-  console.log(`  [server] ${address} ${arrow} ${short(text)}`);
-}
-
 async function serve(
   target: { host: string; port: number },
   { trace, tls }: { trace: boolean; tls?: TlsOptions },
 ): Promise<RpcServer> {
-  const { log, flush } = createServerLog();
-  const server = await startServer({ ...target, tls, log, trace: trace ? printTrace : undefined });
+  const { log, trace: traceLine, flush } = createServerLog();
+  // Beyond this machine, one address may not take every place (behind HAProxy all would share one: see deploy/).
+  const maxConnectionsPerAddress = isLoopback(target.host) ? undefined : 100;
+  const server = await startServer({
+    ...target,
+    tls,
+    log,
+    trace: trace ? traceLine : undefined,
+    maxConnectionsPerAddress,
+  });
   FUNCTIONS.whoami = () => `server on port ${server.port}`;
   const how = tls === undefined ? "" : ", TLS with client certificates";
   console.log(`RPC server on ${target.host}:${server.port} (${runtime()}${how})`);
@@ -228,6 +246,9 @@ async function serve(
     const addresses = target.host === "0.0.0.0" ? reachableAddresses() : [target.host];
     console.log(`Reachable from other machines at ${addresses.map((a) => `${a}:${server.port}`).join(", ")}`);
     console.log("Warning: anyone who can reach this port can call these functions.");
+    console.log(
+      "At most 100 connections from one address (maxConnectionsPerAddress), so no one client takes them all.",
+    );
   }
   return {
     port: server.port,
@@ -317,19 +338,38 @@ function fib(n: number): number {
 }
 
 // A worker thread runs JavaScript given as text: fib's own source code, then a
-// line that computes and posts the result. (Text, not a .ts file, because
-// Node 20 with tsx cannot start a worker from a TypeScript file.)
-const WORKER_SOURCE = `const { parentPort, workerData } = require("node:worker_threads");
+// line that answers each number it is sent with its fib. (Text, not a .ts
+// file, because Node 20 with tsx cannot start a worker from a TypeScript file.)
+const WORKER_SOURCE = `const { parentPort } = require("node:worker_threads");
 ${fib}
-parentPort.postMessage(fib(workerData));`;
+parentPort.on("message", (n) => parentPort.postMessage(fib(n)));`;
 
-/** Computes fib(n) in a worker thread of its own, leaving the event loop free. */
-function fibInWorker(n: unknown): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: Number(n) });
-    worker.once("message", resolve);
-    worker.once("error", reject);
+/**
+ * A pool of worker threads, one per core, started once, before any call:
+ * starting a worker holds the event loop for a while (about 70 ms each on
+ * Deno), which would be counted against the calls. Each worker answers its
+ * numbers in the order it was sent them, so each keeps a queue of the calls
+ * it owes.
+ */
+function startWorkers(count: number): { fib(n: unknown): Promise<number>; stop(): Promise<unknown> } {
+  const owed: Array<Array<{ resolve(result: number): void; reject(error: Error): void }>> = [];
+  const workers = Array.from({ length: count }, (_, i) => {
+    owed[i] = [];
+    const worker = new Worker(WORKER_SOURCE, { eval: true });
+    worker.on("message", (result: number) => owed[i].shift()?.resolve(result));
+    worker.on("error", (error) => owed[i].splice(0).forEach((call) => call.reject(error)));
+    return worker;
   });
+  let next = 0;
+  return {
+    fib: (n) =>
+      new Promise((resolve, reject) => {
+        const i = next++ % count; // round robin
+        owed[i].push({ resolve, reject });
+        workers[i].postMessage(Number(n));
+      }),
+    stop: () => Promise.all(workers.map((worker) => worker.terminate())),
+  };
 }
 
 /**
@@ -366,55 +406,111 @@ async function heavyRound(method: string, port: number): Promise<void> {
 }
 
 async function workers(): Promise<void> {
+  const cores = os.availableParallelism?.() ?? os.cpus().length;
   const started = performance.now();
   fib(FIB_N);
   const oneCall = performance.now() - started;
+  const stopWatching = watchEventLoop();
+  const pool = startWorkers(cores);
+  await Promise.all(Array.from({ length: cores }, () => pool.fib(1))); // one answer from each: all have started
+  const startUp = stopWatching();
   const server = await startServer({
     port: 0,
-    functions: { ...FUNCTIONS, fibHere: (n) => fib(Number(n)), fibInWorker },
+    functions: { ...FUNCTIONS, fibHere: (n) => fib(Number(n)), fibInWorker: pool.fib },
   });
   console.log(
-    `fib(${FIB_N}) computes for ${seconds(oneCall)} and never waits; ${HEAVY_CALLS} calls at once, ` +
-      `${os.availableParallelism?.() ?? os.cpus().length} cores:`,
+    `fib(${FIB_N}) computes for ${seconds(oneCall)} and never waits; ${HEAVY_CALLS} calls at once, ${cores} cores:`,
   );
   await heavyRound("fibHere", server.port);
-  try {
-    await heavyRound("fibInWorker", server.port);
-  } catch (error) {
-    console.log(`  fibInWorker: worker threads do not run here (${error instanceof Error ? error.message : error})`);
-  }
+  await heavyRound("fibInWorker", server.port);
   console.log("On the event loop the calls take the sum of their times, and while one runs, every other");
   console.log("client waits. In worker threads they overlap, one per core, and the event loop stays free.");
+  console.log(
+    `(Starting the ${cores} workers, before the calls, held the event loop for up to ${
+      seconds(startUp)
+    } on ${runtime()}:`,
+  );
+  console.log(" a server starts its workers once, not once per call.)");
   await server.close();
+  await pool.stop();
 }
 
 // ---------------------------------------------------------------------------
-// Permissions, errors a new user meets, and the command line
+// The command line, permissions, and the errors a new user meets
 // ---------------------------------------------------------------------------
 
+/** How this demo was started, so that help and hints can say exactly what to type. */
+function invocation(): string {
+  const { deno, bun } = process.versions as { deno?: string; bun?: string };
+  if (deno !== undefined) return "deno run -P demo.ts";
+  if (bun !== undefined) return "bun demo.ts";
+  return process.execArgv.some((arg) => arg.includes("tsx")) ? "npx tsx demo.ts" : "node demo.ts";
+}
+
+function usage(): string {
+  return `Usage: ${invocation()} [mode] [flags]
+
+Modes:
+  (none)     a server and its client in one process: the lab's calls, concurrency, one connection for many calls
+  serve      only the server, until Ctrl+C
+  client     only the client's calls, to a server started elsewhere (serve)
+  failures   a reply that comes too late: what the caller knows, and why a retry can do harm
+  workers    a CPU-heavy procedure on the event loop, then in worker threads
+  watch      a server, a network in front of it that can lose, delay and hold messages, and a live diagram
+             of the calls in your browser
+  help       this text
+
+Flags:
+  --port N    serve: the port to listen on (0: any free one); client: the server's; watch: where clients
+              connect. Default 5000
+  --host H    serve: the address to listen on (0.0.0.0: every interface, open to the network); client: the
+              server's address. Default 127.0.0.1
+  --trace     serve: print every message in and out (at most 20 lines a second; the rest are counted)
+  --tls       serve and client: TLS with client certificates, from tls/
+  --web N     watch: the port of the page, on 127.0.0.1. Default 8080
+  --loss P    watch: lose each message with probability P, from 0 to 1. Default 0
+  --delay D   watch: delay each message D ms, or a random MIN-MAX ms. Default 0
+  --hold      watch: hold every message until you click deliver or drop in the page
+  -h, --help  this text`;
+}
+
+/** A port given on the command line: digits only, 1 to 65535 (or 0, where it means any free one). */
+function portFlag(name: string, text: string, zeroMeansAny: boolean): number {
+  const port = /^\d+$/.test(text) ? Number(text) : NaN;
+  const lowest = zeroMeansAny ? 0 : 1;
+  if (!(port >= lowest && port <= 65535)) {
+    throw new RangeError(`${name} takes a port from ${lowest} to 65535, got ${JSON.stringify(text)}`);
+  }
+  return port;
+}
+
 /** The part of Deno's permission API the demo uses; absent on Node and Bun. */
+type PermissionDescriptor = { name: "net"; host: string } | { name: "read"; path: string };
 interface DenoPermissions {
-  querySync(descriptor: { name: "net"; host: string }): { state: string };
-  requestSync(descriptor: { name: "net"; host: string }): { state: string };
+  querySync(descriptor: PermissionDescriptor): { state: string };
+  requestSync(descriptor: PermissionDescriptor): { state: string };
 }
 
 /**
- * On Deno, asks once for access to `host` (every port) when the command line
- * did not grant it. Deno would otherwise ask per port, or, with no terminal to
- * ask in, stop with an error the demo cannot catch.
+ * On Deno, asks once for a permission the command line did not grant: network
+ * access to a host (every port), or reading a folder. Deno would otherwise ask
+ * per port or per file (six times for --tls), or, with no terminal to ask in,
+ * stop with an error the demo cannot catch.
  */
-function hasNetworkPermission(host: string): boolean {
+function hasPermission(descriptor: PermissionDescriptor): boolean {
   const deno = (globalThis as { Deno?: { permissions: DenoPermissions } }).Deno;
   if (deno === undefined) return true;
-  const descriptor = { name: "net", host } as const;
   if (deno.permissions.querySync(descriptor).state === "granted") return true;
   return deno.permissions.requestSync(descriptor).state === "granted";
 }
 
-function noPermission(host: string): string {
-  return host === "127.0.0.1"
-    ? "Deno needs network access to 127.0.0.1: run `deno run -P demo.ts` (the permission is in deno.json)."
-    : `Deno needs network access to ${host}: run \`deno run -P=remote demo.ts\` (the permission set is in deno.json).`;
+/** An error for a permission Deno refused, carrying the hint: the student's own command, with -P. */
+class NoPermission extends Error {
+  constructor(what: string, remote: boolean) {
+    const flag = remote ? "-P=remote" : "-P";
+    const command = `deno run ${flag} demo.ts ${process.argv.slice(2).join(" ")}`.trim();
+    super(`Deno was not allowed ${what}: run \`${command}\` (${flag} grants what deno.json lists for the demo).`);
+  }
 }
 
 /** True when the error, or an error it wraps, has this `name` or `code`. */
@@ -424,24 +520,50 @@ function hasTag(error: unknown, tag: string): boolean {
   return "cause" in error && hasTag(error.cause, tag);
 }
 
+/** True when a server answers on 127.0.0.1:port. */
+async function answersOnLoopback(port: number): Promise<boolean> {
+  return await rpcCall("add", [1, 2], { port, timeoutMs: 1000 }).then(() => true, () => false);
+}
+
 /** Turns the errors a new user meets into one line that says what to do. */
-function explain(error: unknown, host: string, port: number): string {
-  if (hasTag(error, "NotCapable")) return noPermission(host);
+async function explain(error: unknown, host: string, port: number): Promise<string> {
+  if (error instanceof NoPermission || error instanceof RangeError) return error.message;
+  if (hasTag(error, "NotCapable")) return new NoPermission(`to reach ${host}`, !isLoopback(host)).message;
   if (hasTag(error, "EADDRINUSE")) {
     return `Port ${port} is busy (is \`demo.ts serve\` running?): stop that server, or pass --port N.`;
   }
   if (hasTag(error, "ECONNREFUSED")) {
-    return `No server on ${host}:${port}: start one with \`demo.ts serve\` in another terminal.`;
+    if (host !== "127.0.0.1" && isLoopback(host) && await answersOnLoopback(port)) {
+      return `A server answers on 127.0.0.1:${port}, but it listens on 127.0.0.1 only, so ${host} reaches nothing: ` +
+        "start it with `serve --host 0.0.0.0`.";
+    }
+    return `No server on ${host}:${port}: start one with \`${invocation()} serve\` in another terminal.`;
   }
   const text = String(error);
   // A TLS server answers plain bytes with a TLS alert record, whose first byte is 0x15;
   // a plain server answers a TLS handshake with bytes that are no TLS version.
   if (text.includes('got "\\u0015"')) return `The server on ${host}:${port} speaks TLS: add --tls.`;
   if (/wrong.version.number/i.test(text)) return `The server on ${host}:${port} does not speak TLS: leave out --tls.`;
-  if (text.includes("before replying")) {
-    return `${error instanceof Error ? error.message : text} (a TLS server? add --tls)`;
-  }
-  return error instanceof Error ? error.message : String(error);
+  return error instanceof Error ? error.message : text;
+}
+
+/** Serves until SIGINT or SIGTERM, then closes gracefully; a second signal while closing does not cut it short. */
+async function serveUntilStopped(host: string, port: number, options: { trace: boolean; tls?: TlsOptions }) {
+  const server = await serve({ host, port }, options);
+  console.log(`Waiting for clients; Ctrl+C stops.${options.trace ? "" : " (--trace shows every message.)"}`);
+  let closing: Promise<void> | undefined;
+  const stop = (signal: string) => {
+    if (closing !== undefined) {
+      console.log(`${signal} again: still closing; calls in flight get up to 5 s, then the rest are cut off.`);
+      return;
+    }
+    console.log(`\n${signal}: closing; calls in flight may finish first (up to 5 s).`);
+    closing = server.close().then(() => console.log("Server closed."));
+  };
+  // process.on, not once: the terminal signals the whole process group, and tsx passes the signal on too, so the
+  // server may get it twice. A second one must not kill it half-way through closing.
+  process.on("SIGINT", () => stop("SIGINT"));
+  process.on("SIGTERM", () => stop("SIGTERM"));
 }
 
 async function main(): Promise<void> {
@@ -450,32 +572,30 @@ async function main(): Promise<void> {
     const { values, positionals } = parseArgs({
       args: process.argv.slice(2),
       options: {
-        port: { type: "string", default: String(port) },
+        port: { type: "string", default: "5000" },
         host: { type: "string", default: host },
         trace: { type: "boolean", default: false },
         tls: { type: "boolean", default: false },
+        web: { type: "string", default: "8080" },
+        loss: { type: "string", default: "0" },
+        delay: { type: "string", default: "0" },
+        hold: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
       },
       allowPositionals: true,
     });
-    [host, port] = [values.host, Number(values.port)];
-    if (!Number.isInteger(port) || port < 0 || port > 65535) {
-      throw new RangeError(`--port takes a number from 0 to 65535, got ${values.port}`);
-    }
-    if (!hasNetworkPermission(host)) throw Object.assign(new Error("no permission"), { name: "NotCapable" });
     const mode = positionals[0] ?? "all";
-    const serverOptions = { trace: values.trace, tls: values.tls ? serverTls() : undefined };
+    if (values.help || mode === "help") return console.log(usage());
+    if (positionals.length > 1) throw new UsageError(`one mode at a time, got ${positionals.join(" ")}`);
+    host = values.host;
+    port = portFlag("--port", values.port, mode === "serve" || mode === "watch");
+    if (!hasPermission({ name: "net", host })) throw new NoPermission(`to reach ${host}`, !isLoopback(host));
+    const tlsDir = fileURLToPath(new URL("./tls", import.meta.url));
+    if (values.tls && !hasPermission({ name: "read", path: tlsDir })) throw new NoPermission("to read tls/", false);
     const tls = values.tls ? clientTls() : undefined;
-    if (mode === "serve") {
-      const server = await serve({ host, port }, serverOptions);
-      console.log(`Waiting for clients; Ctrl+C stops.${values.trace ? "" : " (--trace shows every message.)"}`);
-      const stop = async (signal: string) => {
-        console.log(`\n${signal}: closing; calls in flight may finish first.`);
-        await server.close();
-        console.log("Server closed.");
-      };
-      process.once("SIGINT", () => stop("SIGINT"));
-      process.once("SIGTERM", () => stop("SIGTERM"));
-    } else if (mode === "client") {
+    const serverOptions = { trace: values.trace, tls: values.tls ? serverTls() : undefined };
+    if (mode === "serve") await serveUntilStopped(host, port, serverOptions);
+    else if (mode === "client") {
       console.log(`Client of ${host}:${port} (${runtime()}${tls === undefined ? "" : ", TLS"})`);
       await runClient({ host, port, tls });
     } else if (mode === "all") {
@@ -483,17 +603,35 @@ async function main(): Promise<void> {
       await runClient({ host, port: server.port, tls });
       await server.close();
       console.log("\nServer closed.");
-    } else if (mode === "failures") {
-      await failures();
-    } else if (mode === "workers") {
-      await workers();
-    } else {
-      throw new Error(`unknown mode ${JSON.stringify(mode)}: use serve, client, failures, workers, or nothing`);
-    }
+    } else if (mode === "failures") await failures();
+    else if (mode === "workers") await workers();
+    else if (mode === "watch") {
+      const watchDir = fileURLToPath(new URL("./watch", import.meta.url));
+      if (!hasPermission({ name: "read", path: watchDir })) throw new NoPermission("to read watch/", false);
+      await watch({ port, web: portFlag("--web", values.web, true), ...networkFlags(values) });
+    } else throw new UsageError(`unknown mode ${JSON.stringify(mode)}`);
   } catch (error) {
-    console.error(explain(error, host, port));
+    if (error instanceof UsageError || hasTag(error, "ERR_PARSE_ARGS_UNKNOWN_OPTION")) {
+      console.error(`${usage()}\n\n${error instanceof Error ? error.message : error}`);
+    } else console.error(await explain(error, host, port));
     process.exitCode = 1;
   }
+}
+
+/** A mistake on the command line: the usage is printed with it. */
+class UsageError extends Error {}
+
+/** The network's settings from --loss, --delay and --hold, checked. */
+function networkFlags(values: { loss: string; delay: string; hold: boolean }): NetworkSettings {
+  const loss = Number(values.loss);
+  if (!(values.loss.trim() !== "" && loss >= 0 && loss <= 1)) {
+    throw new RangeError(`--loss takes a probability from 0 to 1, got ${JSON.stringify(values.loss)}`);
+  }
+  const range = /^(\d+)(?:-(\d+))?$/.exec(values.delay);
+  if (range === null || Number(range[2] ?? range[1]) < Number(range[1])) {
+    throw new RangeError(`--delay takes milliseconds, or a range MIN-MAX, got ${JSON.stringify(values.delay)}`);
+  }
+  return { loss, delayMs: [Number(range[1]), Number(range[2] ?? range[1])], hold: values.hold };
 }
 
 await main();
