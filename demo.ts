@@ -611,8 +611,11 @@ async function main(): Promise<void> {
       await watch({ port, web: portFlag("--web", values.web, true), ...networkFlags(values) });
     } else throw new UsageError(`unknown mode ${JSON.stringify(mode)}`);
   } catch (error) {
-    if (error instanceof UsageError || hasTag(error, "ERR_PARSE_ARGS_UNKNOWN_OPTION")) {
-      console.error(`${usage()}\n\n${error instanceof Error ? error.message : error}`);
+    const unknownFlag = hasTag(error, "ERR_PARSE_ARGS_UNKNOWN_OPTION") ? /'([^']+)'/.exec(String(error)) : null;
+    if (error instanceof UsageError || unknownFlag !== null) {
+      console.error(
+        `${usage()}\n\n${unknownFlag === null ? (error as Error).message : `unknown flag ${unknownFlag[1]}`}`,
+      );
     } else console.error(await explain(error, host, port));
     process.exitCode = 1;
   }

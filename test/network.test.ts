@@ -114,6 +114,17 @@ describe("the network (watch/network.ts)", () => {
     expect(outcome("lose")).toBe(1);
   });
 
+  test("a request held while its client gives up still reaches the server; its reply has no one to read it", async () => {
+    const { network, port, ran, events } = await setUp({ ...RELIABLE, hold: true });
+    await expect(rpcCall("counted", [], { port, timeoutMs: 100 })).rejects.toThrow("no reply within 100 ms");
+    await until(() => events.some((event) => event.kind === "close"), "the client to close");
+    network.deliver(network.heldIds()[0]); // the request, after its caller has gone
+    await until(() => network.heldIds().length === 1, "the reply to be held");
+    expect(ran()).toBe(1); // the procedure ran all the same
+    network.deliver(network.heldIds()[0]);
+    expect(events.at(-1)).toMatchObject({ kind: "lose", why: "the other side has gone" });
+  });
+
   test("configure(): new settings apply to the next message, and are reported", async () => {
     const { network, port, sends, events } = await setUp(RELIABLE);
     expect(await rpcCall("add", [1, 2], { port }).then(resultOf)).toBe(3);

@@ -54,7 +54,6 @@ export type NetworkEvent =
 
 /** A message waiting in the page for a person to deliver or drop it. */
 interface Held {
-  connection: number;
   /** Writes it to the other side. */
   send(): void;
   /** Tells its direction that it is no longer on its way (so that an ended side can end the other). */
@@ -176,42 +175,39 @@ export class Network {
     return Math.round(performance.now() - this.started);
   }
 
-  /** One client: a connection of its own to the server, and messages framed both ways. */
+  /**
+   * One client: a connection of its own to the server, and messages framed
+   * both ways. When one side goes, what it sent is still on its way, as on a
+   * real network: a request held or delayed still reaches the server after its
+   * client gave up, and only then is the server's side ended.
+   */
   private relay(client: Socket): void {
     const connection = this.nextConnection++;
     const server = createConnection({ port: this.serverPort, host: "127.0.0.1" });
     this.report({ kind: "open", connection, address: `${client.remoteAddress}:${client.remotePort}`, at: this.now() });
-    const toServer = this.direction(connection, "request", client, server);
-    const toClient = this.direction(connection, "reply", server, client);
+    client.on("data", this.direction(connection, "request", client, server));
+    server.on("data", this.direction(connection, "reply", server, client));
     for (const socket of [client, server]) {
       this.sockets.add(socket);
-      socket.on("error", () => socket.destroy()); // a reset at one end: both close, below
-      socket.on("close", () => {
-        this.sockets.delete(socket);
-        client.destroy();
-        server.destroy();
-      });
+      socket.on("error", () => socket.destroy()); // a reset: that side has gone
+      socket.on("close", () => this.sockets.delete(socket));
     }
-    client.once("close", () => {
-      for (const [id, held] of this.held) if (held.connection === connection) this.drop(id);
-      this.report({ kind: "close", connection, at: this.now() });
-    });
-    client.on("data", toServer);
-    server.on("data", toClient);
+    client.once("close", () => this.report({ kind: "close", connection, at: this.now() }));
   }
 
   /**
    * Reads one way of a connection, `from` to `to`, message by message, and
-   * sends each on according to the settings. The other side is ended once
-   * `from` has ended and nothing it sent is still on its way.
+   * sends each on according to the settings. Once `from` has ended or gone,
+   * and nothing it sent is still on its way, `to` is ended too.
    */
   private direction(connection: number, direction: Direction, from: Socket, to: Socket): (chunk: Buffer) => void {
     const reader = new MessageReader(MAX_MESSAGE_BYTES);
     let onTheWay = 0;
     const endIfDone = () => {
-      if (from.readableEnded && onTheWay === 0) to.end();
+      if ((from.readableEnded || from.destroyed) && onTheWay === 0) to.end();
     };
     from.on("end", endIfDone);
+    from.on("close", endIfDone);
     return (chunk) => {
       reader.push(chunk);
       try {
@@ -223,7 +219,7 @@ export class Network {
           });
         }
       } catch {
-        // Bytes that are not JSON messages cannot be drawn, nor sent on one at a time: this connection is over.
+        // Bytes that are not JSON messages cannot be drawn, nor sent on one at a time: this side is over.
         from.destroy();
       }
     };
@@ -254,7 +250,7 @@ export class Network {
       this.report({ kind: "lose", id, at: this.now(), why: `lost (loss ${loss})` });
       settled();
     } else if (fate === "hold") {
-      this.held.set(id, { connection, send, settled });
+      this.held.set(id, { send, settled });
     } else if (delayMs === 0) send();
     else {
       const timer = setTimeout(() => {

@@ -97,10 +97,11 @@ function scenarios(port: number, balance: () => number): Record<string, () => Pr
     async deposit() {
       const before = balance();
       const first = await attempt(rpcCall("deposit", [10], { port, timeoutMs: DEPOSIT_MS / 2 }).then(resultOf));
-      const retry = await attempt(rpcCall("deposit", [10], { port, timeoutMs: 4 * DEPOSIT_MS }).then(resultOf));
+      // A long wait for the retry: with --hold, a person delivers its messages.
+      const retry = await attempt(rpcCall("deposit", [10], { port, timeoutMs: 30_000 }).then(resultOf));
       await delay(DEPOSIT_MS); // the first deposit finishes too, whatever its caller believed
-      return `deposit(10) waiting ${DEPOSIT_MS / 2} ms -> ${first}; retried -> ${retry}; ` +
-        `balance ${before} -> ${balance()} (${(balance() - before) / 10} deposits for one intent)`;
+      return `deposit(10), waiting ${DEPOSIT_MS / 2} ms -> ${first}; retried -> ${retry}; ` +
+        `the balance went from ${before} to ${balance()}: ${(balance() - before) / 10} deposits of 10 for one intent`;
     },
   };
 }
