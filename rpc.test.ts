@@ -1,26 +1,24 @@
 /**
  * The executable spec of rpc.ts: every rule of the wire protocol, over real
- * sockets on port 0. Runs under Node (`npm test`), Deno
- * (`deno run -A npm:vitest run`) and Bun (`bun --bun vitest run`).
+ * sockets on port 0, and the framing without sockets. Runs under Node
+ * (`npm test`), Deno (`deno run -A npm:vitest run`) and Bun
+ * (`bun --bun vitest run`). Beside it, in test/: robustness (no handler, peer
+ * or stall takes the server down), interop (Python, Go, HAProxy, jayson), and
+ * the watch network and page; test/helpers.ts has what they share.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { getEventListeners, once } from "node:events";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createConnection, createServer, type Server, type Socket } from "node:net";
+import { createConnection } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import process from "node:process";
 import { setTimeout as delay } from "node:timers/promises";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import fc from "fast-check";
-import jayson from "jayson";
-import { afterAll, afterEach, beforeAll, describe, expect, test, vi } from "vitest";
+import { describe, expect, test, vi } from "vitest";
 import { Buffer } from "node:buffer";
 import {
   type Budget,
   connect,
-  type ConnectOptions,
   ERROR_CODES,
   FUNCTIONS,
   type Functions,
@@ -28,131 +26,29 @@ import {
   MessageReader,
   resultOf,
   rpcCall,
-  type RpcClient,
   RpcError,
   type RpcReply,
-  type RpcServer,
-  type ServerOptions,
   startServer,
 } from "./rpc.ts";
-
-// ---------------------------------------------------------------------------
-// Helpers: servers and raw peers that are all closed after each test
-// ---------------------------------------------------------------------------
-
-const hasPython = spawnSync("python3", ["--version"]).status === 0;
-
-// Any Promise rejected with no one to catch it, anywhere in the suite, fails the last test (vitest reports it too).
-const unhandled: unknown[] = [];
-process.on("unhandledRejection", (reason) => unhandled.push(reason));
-
-const cleanups: Array<() => unknown> = [];
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-});
-
-/** A registry with extra methods that make the rules observable. */
-const TEST_FUNCTIONS: Functions = {
-  ...FUNCTIONS,
-  echo: (...params) => params,
-  count: (...params) => params.length,
-  nothing: () => undefined,
-  fail: () => {
-    throw new Error("it broke");
-  },
-  failLater: async () => {
-    await delay(1);
-    throw new Error("it broke later");
-  },
-  coded: () => {
-    throw new RpcError(-32001, "custom failure", { detail: 42 });
-  },
-  bigint: () => 10n,
-  cycle: () => {
-    const value: Record<string, unknown> = {};
-    value.self = value;
-    return value;
-  },
-  infinity: () => Infinity,
-  sleep: async (ms) => {
-    await delay(Number(ms));
-    return `slept ${ms}`;
-  },
-  forever: () => new Promise(() => {}),
-};
-
-async function start(options: ServerOptions = {}): Promise<RpcServer> {
-  const server = await startServer({ port: 0, functions: TEST_FUNCTIONS, closeGraceMs: 250, ...options });
-  cleanups.push(() => server.close());
-  return server;
-}
-
-/** Polls until `check` is true, or fails after `timeoutMs`. */
-async function waitFor(check: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await delay(5);
-  }
-}
-
-/** A raw TCP client: sends exact bytes and collects the reply lines. */
-interface Peer {
-  socket: Socket;
-  /** Every byte received so far, as text. */
-  received(): string;
-  /** Writes each chunk as its own TCP segment. */
-  send(...chunks: Array<string | Uint8Array>): Promise<void>;
-  /** Waits for `n` reply lines and parses them. */
-  replies(n: number): Promise<unknown[]>;
-  /** Resolves when the server has closed the connection. */
-  closed(): Promise<void>;
-}
-
-async function openPeer(port: number): Promise<Peer> {
-  const socket = createConnection({ port, host: "127.0.0.1", allowHalfOpen: true });
-  socket.on("error", () => {}); // a reset is something tests look for, not a crash
-  cleanups.push(() => socket.destroy());
-  await once(socket, "connect");
-  socket.setNoDelay(true);
-  let text = "";
-  let ended = false;
-  socket.setEncoding("utf8");
-  socket.on("data", (chunk: string) => (text += chunk));
-  socket.on("end", () => (ended = true));
-  socket.on("close", () => (ended = true));
-  const lines = () => text.split("\n").slice(0, -1);
-  return {
-    socket,
-    received: () => text,
-    async send(...chunks) {
-      for (const chunk of chunks) {
-        socket.write(chunk);
-        await delay(1);
-      }
-    },
-    async replies(n) {
-      await waitFor(() => lines().length >= n || ended, `${n} replies`);
-      expect(lines()).toHaveLength(n);
-      return lines().map((line) => JSON.parse(line));
-    },
-    closed: () => waitFor(() => ended, "the server to close the connection"),
-  };
-}
-
-/** Sends one message on a new connection and returns its single reply. */
-async function ask(port: number, message: string): Promise<unknown> {
-  const peer = await openPeer(port);
-  await peer.send(message);
-  const [reply] = await peer.replies(1);
-  return reply;
-}
-
-const errorReply = (code: number, id: unknown = null) => ({
-  jsonrpc: "2.0",
-  error: { code, message: expect.any(String) },
-  id,
-});
+import {
+  ask,
+  cleanups,
+  client,
+  clientTls,
+  errorReply,
+  fakeServer,
+  freePort,
+  hasSecondLoopback,
+  mutualTls,
+  openPeer,
+  pem,
+  runTypeScript,
+  serverTls,
+  start,
+  TEST_FUNCTIONS,
+  unhandled,
+  waitFor,
+} from "./test/helpers.ts";
 
 // ---------------------------------------------------------------------------
 // The registry
@@ -1090,23 +986,6 @@ describe("startServer()", () => {
   });
 });
 
-/** A TCP server that does whatever `onConnection` says, for testing the client. */
-async function fakeServer(onConnection: (socket: Socket) => void): Promise<number> {
-  const server: Server = createServer(onConnection);
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  cleanups.push(() => new Promise((resolve) => server.close(resolve)));
-  const sockets = new Set<Socket>();
-  server.on("connection", (socket) => {
-    sockets.add(socket);
-    socket.on("error", () => {});
-  });
-  cleanups.push(() => sockets.forEach((socket) => socket.destroy()));
-  const address = server.address();
-  if (address === null || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
-
 describe("rpcCall()", () => {
   test("rpcCall() to a closed port rejects naming the address and the cause", async () => {
     const closedPort = await freePort();
@@ -1298,12 +1177,6 @@ describe("resultOf()", () => {
 // ---------------------------------------------------------------------------
 // connect(): one connection, many calls
 // ---------------------------------------------------------------------------
-
-async function client(port: number, options: ConnectOptions = {}): Promise<RpcClient> {
-  const opened = await connect({ port, ...options });
-  cleanups.push(() => opened.close());
-  return opened;
-}
 
 describe("connect()", () => {
   test("call() resolves to the reply, as rpcCall() does", async () => {
@@ -1524,16 +1397,6 @@ describe("startServer({ trace })", () => {
   });
 });
 
-/** True when this machine answers on 127.0.0.2 as well as 127.0.0.1 (Linux does; macOS does not unless told). */
-function answersOn127002(): Promise<boolean> {
-  const probe = createServer();
-  return new Promise((resolve) => {
-    probe.once("error", () => resolve(false));
-    probe.listen(0, "127.0.0.2", () => probe.close(() => resolve(true)));
-  });
-}
-const hasSecondLoopback = await answersOn127002();
-
 describe.skipIf(!hasSecondLoopback)(
   `two machines, with 127.0.0.2 standing in for the other (${
     hasSecondLoopback ? "found" : "SKIPPED: 127.0.0.2 does not answer here"
@@ -1554,12 +1417,6 @@ describe.skipIf(!hasSecondLoopback)(
 // ---------------------------------------------------------------------------
 // TLS, and client certificates
 // ---------------------------------------------------------------------------
-
-/** A PEM file from tls/, made by tls/make-certs.sh for tests and the demo. */
-const pem = (name: string) => readFileSync(new URL(`./tls/${name}.pem`, import.meta.url));
-const serverTls = { key: pem("server-key"), cert: pem("server") };
-const mutualTls = { ...serverTls, ca: pem("ca"), requestCert: true, rejectUnauthorized: true };
-const clientTls = { ca: pem("ca"), key: pem("client-key"), cert: pem("client") };
 
 describe("TLS", () => {
   test("startServer({ tls }) serves TLS, and rpcCall() and connect() reach it with { tls }", async () => {
@@ -1597,305 +1454,6 @@ describe("TLS", () => {
     await waitFor(() => lines.some((line) => line.includes("TLS handshake")), "the server to log the failed handshake");
     expect(lines.filter((line) => line.startsWith("Client connected"))).toEqual([]);
   });
-});
-
-// ---------------------------------------------------------------------------
-// No handler, peer or stall takes the server down or holds it
-// ---------------------------------------------------------------------------
-
-/** Values a careless or hostile handler might throw: none of them can even be turned into text safely. */
-const ODD_THROWS: Array<[string, () => unknown]> = [
-  ["an object with no prototype", () => Object.create(null)],
-  ["an object whose code getter throws", () => ({
-    get code() {
-      throw new Error("no code");
-    },
-    message: "x",
-  })],
-  ["an object whose message getter throws", () => ({
-    code: 1,
-    get message() {
-      throw Object.create(null);
-    },
-  })],
-  ["an Error whose message getter throws", () =>
-    Object.defineProperty(new Error(), "message", {
-      get() {
-        throw Object.create(null);
-      },
-    })],
-  ["a Proxy whose every trap throws", () =>
-    new Proxy({}, {
-      get() {
-        throw Object.create(null);
-      },
-      getPrototypeOf() {
-        throw Object.create(null);
-      },
-    })],
-  ["undefined", () => undefined],
-  ["a Symbol", () => Symbol("odd")],
-];
-
-/** For each odd value: a method that throws it, one that rejects with it, and one that returns something made of it. */
-const ODD_FUNCTIONS: Functions = Object.fromEntries(
-  ODD_THROWS.flatMap(([name, make]) => [
-    [`throws ${name}`, () => {
-      throw make();
-    }],
-    [`rejects with ${name}`, () => Promise.reject(make())],
-    [`returns an object whose toJSON throws ${name}`, () => ({
-      toJSON() {
-        throw make();
-      },
-    })],
-  ]),
-);
-ODD_FUNCTIONS["returns a Proxy whose every trap throws"] = () => ODD_THROWS[4][1]();
-ODD_FUNCTIONS["returns a Promise whose then throws"] = () => {
-  const promise = Promise.resolve(1);
-  promise.then = () => {
-    throw Object.create(null);
-  };
-  return promise;
-};
-
-describe("handler faults are replies", () => {
-  test.each(Object.keys(ODD_FUNCTIONS))(
-    "a method that %s: -32603 with its id, and the request behind it is answered",
-    async (method) => {
-      const { port } = await start({ functions: { ...TEST_FUNCTIONS, ...ODD_FUNCTIONS } });
-      const peer = await openPeer(port);
-      await peer.send(
-        JSON.stringify({ jsonrpc: "2.0", method, id: 1 }) + JSON.stringify({ method, id: 2 }) + // 2.0, then 1.0
-          '{"jsonrpc":"2.0","method":"add","params":[1,2],"id":3}',
-      );
-      const replies = (await peer.replies(3)) as Array<{ id: number }>;
-      const byId = replies.sort((a, b) => a.id - b.id);
-      expect(byId[0]).toEqual(errorReply(ERROR_CODES.INTERNAL_ERROR, 1));
-      expect(byId[1]).toEqual({ result: null, error: expect.any(String), id: 2 });
-      expect(byId[2]).toEqual({ jsonrpc: "2.0", result: 3, id: 3 });
-    },
-  );
-
-  test("handleMessage() turns every odd throw into a reply, and its Promise never rejects", async () => {
-    for (const method of Object.keys(ODD_FUNCTIONS)) {
-      const reply = await handleMessage({ jsonrpc: "2.0", method, id: 1 }, { functions: ODD_FUNCTIONS });
-      expect(reply, method).toMatchObject({ jsonrpc: "2.0", id: 1 });
-    }
-  });
-
-  test("a result longer than maxReplyBytes is not sent: -32603 says so, and the connection goes on", async () => {
-    const { port } = await start({ maxReplyBytes: 1000 });
-    const peer = await openPeer(port);
-    await peer.send(`{"jsonrpc":"2.0","method":"echo","params":["${"x".repeat(2000)}"],"id":1}`);
-    const [reply] = await peer.replies(1);
-    expect(reply).toEqual(errorReply(ERROR_CODES.INTERNAL_ERROR, 1));
-    expect(JSON.stringify(reply)).toContain("over the server's limit of 1000");
-    await peer.send('{"jsonrpc":"2.0","method":"echo","params":["short"],"id":2}');
-    expect((await peer.replies(2))[1]).toEqual({ jsonrpc: "2.0", result: ["short"], id: 2 });
-  });
-
-  test("a log or trace that throws does not stop the server", async () => {
-    const thrower = () => {
-      throw Object.create(null);
-    };
-    const { port } = await start({ log: thrower, trace: thrower });
-    expect(await rpcCall("add", [1, 2], { port })).toMatchObject({ result: 3 });
-    expect(await ask(port, "garbage")).toEqual(errorReply(ERROR_CODES.PARSE_ERROR));
-  });
-
-  test("idleTimeoutMs: Infinity means no timeout (a timer that long would fire at once)", async () => {
-    const { port } = await start({ idleTimeoutMs: Infinity });
-    const peer = await openPeer(port);
-    await delay(100);
-    await peer.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
-    expect(await peer.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
-  });
-});
-
-/** Sends `text` on the peer every `ms` until it is closed; resolves how long it lasted. */
-async function dribble(peer: Peer, text: () => string, ms: number): Promise<number> {
-  const started = Date.now();
-  const timer = setInterval(() => peer.socket.writable && peer.socket.write(text()), ms);
-  cleanups.push(() => clearInterval(timer));
-  await peer.closed();
-  clearInterval(timer);
-  return Date.now() - started;
-}
-
-describe("idle means no progress", () => {
-  test("a client that sends a space every 50 ms is closed (idleTimeoutMs 200)", async () => {
-    const { port } = await start({ idleTimeoutMs: 200 });
-    const lasted = await dribble(await openPeer(port), () => " ", 50);
-    expect(lasted).toBeGreaterThanOrEqual(150);
-    expect(lasted).toBeLessThan(1000);
-  });
-
-  test("a message that grows by two bytes every 50 ms, never ending, is closed", async () => {
-    const { port } = await start({ idleTimeoutMs: 200 });
-    const peer = await openPeer(port);
-    await peer.send('{"jsonrpc":"2.0","method":"echo","params":["');
-    expect(await dribble(peer, () => "xx", 50)).toBeLessThan(1000);
-  });
-
-  test("a client that completes a request every 50 ms is not idle", async () => {
-    const { port } = await start({ idleTimeoutMs: 200 });
-    const peer = await openPeer(port);
-    for (let id = 0; id < 16; id++) {
-      await peer.send(`{"jsonrpc":"2.0","method":"add","params":[${id},1],"id":${id}}`);
-      await delay(50);
-    }
-    expect(await peer.replies(16)).toHaveLength(16); // 800 ms, four times the timeout, and still open
-  });
-
-  test("a client that never reads its replies is closed, though its writes are stuck", async () => {
-    const lines: string[] = [];
-    const big = () => "x".repeat(200_000);
-    const { port } = await start({ idleTimeoutMs: 200, functions: { big }, log: (line) => lines.push(line) });
-    const socket = createConnection({ port, host: "127.0.0.1" });
-    socket.on("error", () => {});
-    cleanups.push(() => socket.destroy());
-    await once(socket, "connect");
-    socket.pause(); // read nothing
-    socket.write('{"jsonrpc":"2.0","method":"big","id":1}'.repeat(100));
-    const started = Date.now();
-    await waitFor(() => lines.some((line) => line.includes("made no progress")), "the server to give up", 2000);
-    expect(Date.now() - started).toBeLessThan(1000);
-  });
-});
-
-describe("idle means no progress: a reply the client reads is progress", () => {
-  test("the sweep after a stuck reply drains keeps the connection; the one after that closes it", async () => {
-    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] }); // the sweeps, one at a time, on demand
-    try {
-      const lines: string[] = [];
-      const huge = () => "x".repeat(40_000_000); // more than the kernel's buffers hold: the write is stuck
-      const functions = { huge };
-      const { port } = await start({
-        idleTimeoutMs: 1000,
-        maxReplyBytes: 50_000_000,
-        functions,
-        log: (l) => lines.push(l),
-      });
-      const socket = createConnection({ port, host: "127.0.0.1" });
-      cleanups.push(() => socket.destroy());
-      await once(socket, "connect");
-      socket.pause();
-      socket.write('{"jsonrpc":"2.0","method":"huge","id":1}\n');
-      await delay(200);
-      vi.advanceTimersByTime(1000); // sweep 1: the request was progress; that is now forgotten
-      let received = 0;
-      socket.on("data", (chunk: Buffer) => (received += chunk.length));
-      socket.resume();
-      await waitFor(() => received > 40_000_000, "the whole reply", 10_000);
-      vi.advanceTimersByTime(1000); // sweep 2: the reply drained since sweep 1
-      await delay(50);
-      expect(lines.filter((line) => line.includes("made no progress"))).toEqual([]);
-      vi.advanceTimersByTime(1000); // sweep 3: nothing since sweep 2
-      await waitFor(() => lines.some((line) => line.includes("made no progress")), "the server to give up");
-    } finally {
-      vi.useRealTimers();
-    }
-  }, 15_000);
-});
-
-describe("TLS handshakes are connections", () => {
-  test.each([
-    ["sends nothing", ""],
-    ["sends half a ClientHello", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"],
-  ])("a client that %s is closed after idleTimeoutMs, and the log says so in words", async (_, bytes) => {
-    const lines: string[] = [];
-    const { port } = await start({ tls: serverTls, idleTimeoutMs: 200, log: (line) => lines.push(line) });
-    const peer = await openPeer(port);
-    await peer.send(Buffer.from(bytes, "latin1"));
-    const started = Date.now();
-    await peer.closed();
-    expect(Date.now() - started).toBeLessThan(1000);
-    expect(lines).toEqual([
-      expect.stringMatching(/^Client 127\.0\.0\.1:\d+: TLS handshake not finished in 0\.2 s; closed$/),
-    ]);
-  });
-
-  test("a connection in its handshake counts toward maxConnections", async () => {
-    const lines: string[] = [];
-    const { port } = await start({ tls: serverTls, maxConnections: 2, log: (line) => lines.push(line) });
-    await openPeer(port);
-    await openPeer(port); // two handshakes that never start
-    await delay(20);
-    await expect(rpcCall("add", [1, 2], { port, tls: { ca: pem("ca") }, timeoutMs: 1000 })).rejects.toThrow();
-    expect(lines).toContainEqual(expect.stringContaining("server busy: it already has 2 connections"));
-  });
-});
-
-describe("maxConnectionsPerAddress", () => {
-  test("one connection more from the same address gets -32000 naming the limit", async () => {
-    const { port } = await start({ maxConnectionsPerAddress: 2 });
-    const first = await openPeer(port);
-    await openPeer(port);
-    const third = await openPeer(port);
-    const [reply] = await third.replies(1);
-    expect(reply).toEqual(errorReply(ERROR_CODES.SERVER_BUSY));
-    expect(JSON.stringify(reply)).toContain("127.0.0.1 already has 2 connections");
-    await first.send('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}');
-    expect(await first.replies(1)).toEqual([{ jsonrpc: "2.0", result: 3, id: 1 }]);
-  });
-
-  test.skipIf(!hasSecondLoopback)("another address still gets in (127.0.0.2 standing in for it)", async () => {
-    const { port } = await start({ maxConnectionsPerAddress: 3 });
-    const crowd = await Promise.all(Array.from({ length: 10 }, () => openPeer(port)));
-    await Promise.all(crowd.slice(3).map((peer) => peer.closed())); // turned away
-    const other = createConnection({ port, host: "127.0.0.1", localAddress: "127.0.0.2" });
-    cleanups.push(() => other.destroy());
-    await once(other, "connect");
-    other.write('{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n');
-    const [chunk] = await once(other, "data");
-    expect(JSON.parse(String(chunk))).toEqual({ jsonrpc: "2.0", result: 3, id: 1 });
-  });
-});
-
-/** A port where the kernel takes no more connections: a Python listener with a full backlog that never accepts. */
-async function unansweredPort(): Promise<number> {
-  const python = spawn("python3", ["-c", UNANSWERED_PY]);
-  cleanups.push(() => python.kill());
-  const [line] = await once(createInterface({ input: python.stdout! }), "line");
-  const port = Number(line);
-  const filler = createConnection({ port, host: "127.0.0.1" }); // takes the backlog's only place
-  cleanups.push(() => filler.destroy());
-  await once(filler, "connect");
-  return port;
-}
-const UNANSWERED_PY = `import socket, time
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(0)
-print(s.getsockname()[1], flush=True)
-time.sleep(60)`;
-
-describe("clients give up in time", () => {
-  test("connect({ tls }) to a server that accepts and says nothing rejects within timeoutMs", async () => {
-    const port = await fakeServer(() => {});
-    const started = Date.now();
-    await expect(connect({ port, tls: { ca: pem("ca") }, timeoutMs: 300 })).rejects.toThrow(
-      `connect to 127.0.0.1:${port} failed: not connected within 300 ms`,
-    );
-    expect(Date.now() - started).toBeLessThan(1000);
-  });
-
-  test("rpcCall() with tls to such a server rejects too", async () => {
-    const port = await fakeServer(() => {});
-    await expect(rpcCall("add", [1, 2], { port, tls: { ca: pem("ca") }, timeoutMs: 300 })).rejects.toThrow(
-      "not connected within 300 ms",
-    );
-  });
-
-  test.skipIf(!hasPython)(
-    "connect() to a port whose TCP handshake never completes rejects within timeoutMs",
-    async () => {
-      const port = await unansweredPort();
-      const started = Date.now();
-      await expect(connect({ port, timeoutMs: 300 })).rejects.toThrow("not connected within 300 ms");
-      expect(Date.now() - started).toBeLessThan(1000);
-    },
-  );
 });
 
 // ---------------------------------------------------------------------------
@@ -2048,14 +1606,6 @@ console.log("closed");
   });
 });
 
-/** The command that runs a TypeScript file on the runtime running these tests. */
-function runTypeScript(file: string): [string, string[]] {
-  const versions = process.versions as { deno?: string; bun?: string };
-  if (versions.deno !== undefined) return [process.execPath, ["run", "-A", file]];
-  if (versions.bun !== undefined) return [process.execPath, [file]];
-  return [process.execPath, ["--import", "tsx", file]];
-}
-
 // ---------------------------------------------------------------------------
 // Properties: fast-check generates the inputs, hundreds of them
 // ---------------------------------------------------------------------------
@@ -2207,207 +1757,6 @@ describe("properties", () => {
       { numRuns: 150 },
     );
   }, 30_000);
-});
-
-// ---------------------------------------------------------------------------
-// Interop: peers nobody here wrote
-// ---------------------------------------------------------------------------
-
-/** Runs one of the Python peers in test/python (written in the lab's style: a thread per client, one recv(1024)). */
-function python(file: "rpc_client.py" | "rpc_server.py", port: number): ChildProcess {
-  const child = spawn("python3", [
-    "-u",
-    fileURLToPath(new URL(`./test/python/${file}`, import.meta.url)),
-    String(port),
-  ]);
-  cleanups.push(() => child.kill());
-  return child;
-}
-
-describe.skipIf(!hasPython)(
-  `the Python lab's style, test/python (${hasPython ? "found" : "SKIPPED: needs python3"})`,
-  () => {
-    test("its client, one request per connection with no newline and no id, gets its three answers", async () => {
-      const { port } = await start();
-      const child = python("rpc_client.py", port);
-      let output = "";
-      child.stdout?.on("data", (chunk) => (output += chunk));
-      const [code] = await once(child, "exit");
-      expect(code).toBe(0);
-      expect(output).toBe(
-        "add(10, 20) -> {'result': 30, 'error': None, 'id': None}\n" +
-          "multiply(5, 6) -> {'result': 30, 'error': None, 'id': None}\n" +
-          "divide(10, 5) -> {'result': None, 'error': 'method not found: \"divide\"', 'id': None}\n",
-      );
-    });
-
-    test("rpcCall() gets its answers from its server, which sends no newline, no jsonrpc and no id", async () => {
-      const child = python("rpc_server.py", 0);
-      const [line] = await once(createInterface({ input: child.stdout! }), "line");
-      const port = Number(String(line).split(" ").at(-1));
-      expect(await rpcCall("add", [10, 20], { port })).toEqual({ result: 30 });
-      expect(await rpcCall("divide", [10, 5], { port })).toEqual({ error: "Method not found" });
-    });
-  },
-);
-
-async function freePort(): Promise<number> {
-  const server = createServer().listen(0, "127.0.0.1");
-  await once(server, "listening");
-  const address = server.address();
-  await new Promise((resolve) => server.close(resolve));
-  if (address === null || typeof address === "string") throw new Error("no port");
-  return address.port;
-}
-
-const hasGo = spawnSync("go", ["version"]).status === 0;
-
-/** Builds one of the Go programs in test/go into a temporary folder, and returns its path. */
-function buildGo(name: "client" | "server", dir: string): string {
-  const binary = join(dir, name);
-  const source = fileURLToPath(new URL(`./test/go/${name}/main.go`, import.meta.url));
-  const built = spawnSync("go", ["build", "-o", binary, source], { encoding: "utf8" });
-  if (built.status !== 0) throw new Error(`go build ${name} failed: ${built.stderr}`);
-  return binary;
-}
-
-describe.skipIf(!hasGo)(`Go's net/rpc/jsonrpc, a JSON-RPC 1.0 peer (${hasGo ? "found" : "SKIPPED: needs go"})`, () => {
-  let dir = "";
-  let lines: string[] = [];
-  let goServerPort = 0;
-  let goServer: ChildProcess | undefined;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), "rpc-go-"));
-    const [clientBinary, serverBinary] = [buildGo("client", dir), buildGo("server", dir)];
-    // Go's client against our server, once; the tests below read what it printed.
-    const ours = await startServer({
-      port: 0,
-      functions: { "Arith.Multiply": (args) => (args as { A: number }).A * (args as { B: number }).B },
-    });
-    const run = spawn(clientBinary, [String(ours.port)]);
-    let output = "";
-    run.stdout.on("data", (chunk) => (output += chunk));
-    await once(run, "exit");
-    await ours.close();
-    lines = output.split("\n");
-    // Go's server, for our clients to call.
-    goServer = spawn(serverBinary);
-    const [line] = await once(createInterface({ input: goServer.stdout! }), "line");
-    goServerPort = Number(String(line).split(" ")[1]);
-  }, 60_000);
-  afterAll(() => {
-    goServer?.kill();
-    rmSync(dir, { recursive: true, force: true });
-  });
-
-  test("Go's client gets a result from our server", () => {
-    expect(lines).toContain("multiply: 42 <nil>");
-  });
-
-  test("Go's client reads an unknown method as an error", () => {
-    expect(lines).toContain('unknown method: method not found: "Arith.Nope"');
-  });
-
-  test("Go's client calls again on the same connection after that error", () => {
-    expect(lines).toContain("after the error: 12 <nil>");
-  });
-
-  test("Go's client gets 200 concurrent calls on one connection right", () => {
-    expect(lines).toContain("concurrent: 200 of 200 right");
-  });
-
-  test("rpcCall() gets a result and an error from Go's server", async () => {
-    const port = goServerPort;
-    expect(await rpcCall("Arith.Multiply", [{ A: 6, B: 7 }], { port })).toEqual({ id: 1, result: 42, error: null });
-    expect(await rpcCall("Arith.Divide", [{ A: 1, B: 0 }], { port })).toEqual({
-      id: 1,
-      result: null,
-      error: "divide by zero",
-    });
-  });
-
-  test("connect() gets a result and an error from Go's server, and resultOf() reads both", async () => {
-    const rpc = await client(goServerPort);
-    expect(resultOf(await rpc.call("Arith.Multiply", [{ A: 6, B: 7 }]))).toBe(42);
-    const reply = await rpc.call("Arith.Divide", [{ A: 1, B: 0 }]);
-    expect(() => resultOf(reply)).toThrow(new RpcError(ERROR_CODES.INTERNAL_ERROR, "divide by zero"));
-    expect(resultOf(await rpc.call("Arith.Divide", [{ A: 12, B: 4 }]))).toBe(3);
-  });
-});
-
-const hasHaproxy = spawnSync("haproxy", ["-v"]).status === 0;
-
-/** A port P such that P, P+1 and P+2 are free, below the range the system hands out to clients (32768 on Linux). */
-async function threeFreePorts(): Promise<number> {
-  const isFree = (port: number) =>
-    new Promise<boolean>((resolve) => {
-      const probe = createServer().once("error", () => resolve(false));
-      probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)));
-    });
-  for (;;) {
-    const base = 20_000 + Math.floor(Math.random() * 12_000);
-    if ((await Promise.all([base, base + 1, base + 2].map(isFree))).every(Boolean)) return base;
-  }
-}
-
-describe.skipIf(!hasHaproxy)(`behind HAProxy (${hasHaproxy ? "found" : "SKIPPED: needs haproxy"})`, () => {
-  test(
-    "deploy/cluster.ts serves through HAProxy: new connections spread, a persistent one stays; SIGTERM stops all",
-    async () => {
-      const port = await threeFreePorts(); // HAProxy's, and the two servers' after it
-      const [command, args] = runTypeScript(fileURLToPath(new URL("./deploy/cluster.ts", import.meta.url)));
-      const cluster = spawn(command, [...args, "--port", String(port)], { stdio: ["ignore", "pipe", "pipe"] });
-      let output = "";
-      cluster.stdout?.on("data", (chunk) => (output += chunk));
-      cluster.stderr?.on("data", (chunk) => (output += chunk));
-      cleanups.push(() => cluster.kill("SIGKILL"));
-      await waitFor(() => output.includes("Try:") || cluster.exitCode !== null, "the cluster to start", 10_000);
-      expect(output).toContain(`HAProxy on 127.0.0.1:${port}`);
-      const spread = new Set(
-        await Promise.all(Array.from({ length: 6 }, () => rpcCall("whoami", [], { port }).then(resultOf))),
-      );
-      expect(spread.size).toBe(2); // round robin: new connections go to both servers
-      const calc = (await client(port)).stub<{ whoami(): string }>();
-      const stays = new Set(await Promise.all(Array.from({ length: 6 }, () => calc.whoami())));
-      expect(stays.size).toBe(1); // one connection, one server: HAProxy balances connections, not calls
-      cluster.kill("SIGTERM");
-      await once(cluster, "exit"); // (Deno reports a signal here even after a clean exit)
-      expect(output).toContain("nothing is left running");
-      for (const gone of [port, port + 1, port + 2]) {
-        await expect(rpcCall("add", [1, 2], { port: gone })).rejects.toThrow("ECONNREFUSED");
-      }
-    },
-    15_000,
-  );
-});
-
-describe("jayson, a JSON-RPC 2.0 library from npm", () => {
-  test("its TCP client calls our server", async () => {
-    const { port } = await start();
-    const client = jayson.client.tcp({ port, host: "127.0.0.1" });
-    const reply = await new Promise((resolve, reject) =>
-      client.request(
-        "add",
-        [10, 20],
-        (error: unknown, response: unknown) => (error ? reject(error) : resolve(response)),
-      )
-    );
-    expect(reply).toMatchObject({ jsonrpc: "2.0", result: 30 });
-  });
-
-  test("rpcCall() calls its TCP server", async () => {
-    const server = new jayson.Server({
-      add: (args: number[], done: (e: null, r: number) => void) => done(null, args[0] + args[1]),
-    });
-    const tcp = server.tcp();
-    tcp.listen(0, "127.0.0.1");
-    await once(tcp, "listening");
-    cleanups.push(() => new Promise((resolve) => tcp.close(resolve)));
-    const { port } = tcp.address() as { port: number };
-    expect(await rpcCall("add", [10, 20], { port })).toEqual({ jsonrpc: "2.0", result: 30, id: 1 });
-    expect(await rpcCall("divide", [10, 5], { port })).toMatchObject({ error: { code: ERROR_CODES.METHOD_NOT_FOUND } });
-  });
 });
 
 // ---------------------------------------------------------------------------

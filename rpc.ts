@@ -874,9 +874,9 @@ function serverState(options: ServerOptions) {
     closeGraceMs: Math.min(closeGraceMs, MAX_TIMER_MS),
     tls,
     /** The registry, the batch limit and the deadline, for handleMessage (which fills in their defaults). */
-    handling: options as HandleOptions,
+    handling: options,
     /** The bytes of unfinished messages that all connections hold, and the most they may. */
-    budget: { held: 0, max: maxUnfinishedBytes } as Budget,
+    budget: { held: 0, max: maxUnfinishedBytes },
     /** Every connection being served: close() ends them, the sweep looks at each. */
     connections: new Set<Connection>(),
     /** Every TCP connection open: served, in its TLS handshake, or being turned away. */
