@@ -61,6 +61,7 @@ function bank(): { functions: Functions; balance(): number } {
       return "done";
     },
     deposit,
+    whoami: () => "the watched server",
     async depositOnce(request) {
       const { id, amount } = request as { id: string; amount: number };
       if (!done.has(id)) done.set(id, await deposit(amount));
