@@ -1,20 +1,18 @@
 /**
  * The demo: the Python lab's three calls, made at once, then what an RPC
  * course asks to see: the same call three ways, concurrency, one connection
- * for many calls, failures, and a CPU-heavy procedure.
+ * for many calls, failures, a CPU-heavy procedure, and the network itself.
  *
  *     npx tsx demo.ts                 # server and client in one process
  *     npx tsx demo.ts serve           # terminal 1: only the server, until Ctrl+C
  *     npx tsx demo.ts client          # terminals 2, 3, ...: only the calls
  *     npx tsx demo.ts failures        # a late reply: what does the caller know?
  *     npx tsx demo.ts workers         # a CPU-heavy procedure, on the event loop and in workers
+ *     npx tsx demo.ts watch           # a lossy network and a live diagram of the calls (watch/)
+ *     npx tsx demo.ts --help          # every mode and flag
  *
- * Options: `--port N` (default 5000), `--host H` (default 127.0.0.1; `serve
- * --host 0.0.0.0` opens the server to the network), `--trace` (serve: print
- * every message in and out), `--tls` (serve and client: TLS with client
- * certificates, from tls/). The same commands work with `deno run -P
- * demo.ts` (`-P=remote` for another host), `bun demo.ts` and, on Node 23.6
- * or later, `node demo.ts`.
+ * The same commands work with `deno run -P demo.ts` (`-P=remote` for another
+ * host), `bun demo.ts` and, on Node 23.6 or later, `node demo.ts`.
  *
  * @module
  */
@@ -189,13 +187,12 @@ function createServerLog(): { log: (line: string) => void; trace: Trace; flush: 
     } else hidden[kind]++;
     timer ??= setTimeout(flush, 1000).unref(); // unref: a pending summary must not keep the process alive
   }
-  return {
-    log: (
-      line,
-    ) => (line.startsWith("Client connected") ? show("connections", line) : console.log(`  [server] ${line}`)),
-    trace: (arrow, address, text) => show("messages", `${address} ${arrow} ${short(text)}`),
-    flush,
-  };
+  function log(line: string): void {
+    if (line.startsWith("Client connected")) show("connections", line);
+    else console.log(`  [server] ${line}`);
+  }
+  const trace: Trace = (arrow, address, text) => show("messages", `${address} ${arrow} ${short(text)}`);
+  return { log, trace, flush };
 }
 
 function isLoopback(host: string): boolean {
@@ -585,7 +582,10 @@ async function main(): Promise<void> {
       allowPositionals: true,
     });
     const mode = positionals[0] ?? "all";
-    if (values.help || mode === "help") return console.log(usage());
+    if (values.help || mode === "help") {
+      console.log(usage());
+      return;
+    }
     if (positionals.length > 1) throw new UsageError(`one mode at a time, got ${positionals.join(" ")}`);
     host = values.host;
     port = portFlag("--port", values.port, mode === "serve" || mode === "watch");
