@@ -35,7 +35,7 @@ import {
   type RpcServer,
   startServer,
 } from "./rpc.ts";
-import { type NetworkSettings, watch } from "./watch/watch.ts";
+import { bank, DEPOSIT_MS, type NetworkSettings, watch } from "./watch/watch.ts";
 
 const SLOW_MS = 1000;
 const SLOW_CALLS = 5;
@@ -260,35 +260,10 @@ async function serve(
 // Failure semantics: a reply that comes too late
 // ---------------------------------------------------------------------------
 
-/** A server with a bank account: `deposit` is slow and not idempotent; `depositOnce` remembers request ids. */
+/** A server with a bank account (watch.ts's bank): `deposit` is slow and not idempotent; `depositOnce` remembers ids. */
 async function failures(): Promise<void> {
-  const DEPOSIT_MS = 600;
-  let balance = 100;
-  const done = new Map<string, number>(); // request id -> the balance that deposit left
-  const say = (line: string) => console.log(`  [server] ${line}`);
-  const deposit = async (amount: unknown) => {
-    say(`deposit(${amount}) starts, balance ${balance}`);
-    await delay(DEPOSIT_MS);
-    balance += Number(amount);
-    say(`deposit(${amount}) done, balance ${balance}`);
-    return balance;
-  };
-  const server = await startServer({
-    port: 0,
-    functions: {
-      ...FUNCTIONS,
-      deposit,
-      async depositOnce(request) {
-        const { id, amount } = request as { id: string; amount: number };
-        if (done.has(id)) {
-          say(`depositOnce ${id} seen before: answered from memory, balance still ${balance}`);
-          return done.get(id);
-        }
-        done.set(id, await deposit(amount));
-        return done.get(id);
-      },
-    },
-  });
+  const { functions, balance } = bank((line) => console.log(`  [server] ${line}`));
+  const server = await startServer({ port: 0, functions });
   const target = { port: server.port, timeoutMs: DEPOSIT_MS / 2 };
   const attempt = async (what: string, call: Promise<RpcReply>) => {
     try {
@@ -304,7 +279,7 @@ async function failures(): Promise<void> {
   await delay(DEPOSIT_MS);
   console.log("\nRetrying, with a longer wait, as a client that assumes it did not happen would:");
   await attempt("deposit(10)", rpcCall("deposit", [10], { ...target, timeoutMs: 2 * DEPOSIT_MS }));
-  console.log(`  balance ${balance}: two deposits for one intent. deposit is not idempotent.`);
+  console.log(`  balance ${balance()}: two deposits for one intent. deposit is not idempotent.`);
   console.log("\nRetrying add(2, 3) is harmless: it changes nothing, so twice gives the same answer (idempotent):");
   await attempt("add(2, 3)", rpcCall("add", [2, 3], target));
   await attempt("add(2, 3)", rpcCall("add", [2, 3], target));

@@ -43,15 +43,22 @@ export interface WatchOptions extends NetworkSettings {
 /** The page keeps this many events when it connects late; older ones have scrolled away anyway. */
 const HISTORY = 400;
 const SLOW_MS = 1000;
-const DEPOSIT_MS = 600;
+export const DEPOSIT_MS = 600; // how long a deposit takes: the failures demo waits half of it
 
-/** The server's procedures: the lab's, a slow one, and failures' bank (deposit is slow and not idempotent). */
-function bank(): { functions: Functions; balance(): number } {
+/**
+ * The demo's server: the lab's procedures, a slow one, and a bank account
+ * (`demo.ts failures`' and the watch page's): `deposit` takes DEPOSIT_MS and
+ * is not idempotent; `depositOnce` remembers request ids and answers a repeat
+ * from memory. `say` is told what the bank does.
+ */
+export function bank(say: (line: string) => void = () => {}): { functions: Functions; balance(): number } {
   let balance = 100;
   const done = new Map<string, number>(); // request id -> the balance that deposit left
   const deposit = async (amount: unknown) => {
+    say(`deposit(${amount}) starts, balance ${balance}`);
     await delay(DEPOSIT_MS);
     balance += Number(amount);
+    say(`deposit(${amount}) done, balance ${balance}`);
     return balance;
   };
   const functions: Functions = {
@@ -64,7 +71,8 @@ function bank(): { functions: Functions; balance(): number } {
     whoami: () => "the watched server",
     async depositOnce(request) {
       const { id, amount } = request as { id: string; amount: number };
-      if (!done.has(id)) done.set(id, await deposit(amount));
+      if (done.has(id)) say(`depositOnce ${id} seen before: answered from memory, balance still ${balance}`);
+      else done.set(id, await deposit(amount));
       return done.get(id);
     },
   };
